@@ -1,0 +1,37 @@
+"""Shared request parsing and response rendering for handlers."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from gateway import errors
+from gateway.keys import SETTINGS
+
+T = TypeVar("T")
+
+_ENCODER = msgspec.json.Encoder()
+
+
+async def read_json(request: web.Request, model: type[T]) -> T:
+    """Decode and validate a JSON body into ``model``; every failure is a 4xx naming the field."""
+    limit = request.app[SETTINGS].server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.PayloadTooLarge(f"Request body is larger than {limit} bytes.")
+    if request.content_type not in ("application/json", ""):
+        raise errors.InvalidRequest("Content-Type must be application/json.", code="unsupported_content_type")
+    body = await request.read()
+    try:
+        return msgspec.json.decode(body or b"{}", type=model)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).partition(" - at `")
+        param = where.rstrip("`").removeprefix("$.").removeprefix("$") or None
+        raise errors.InvalidRequest(message, code="parameter_invalid", param=param) from exc
+    except msgspec.DecodeError as exc:
+        raise errors.InvalidRequest("Request body is not valid JSON.", code="invalid_json") from exc
+
+
+def json_response(data: Any, *, status: int = 200) -> web.Response:
+    return web.Response(body=_ENCODER.encode(data), status=status, content_type="application/json")

@@ -1,0 +1,81 @@
+"""Prometheus metrics (``payhub_`` prefix), one registry per application.
+
+A registry per app keeps tests independent (several apps in one process). With
+``--workers N`` each process writes to ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics``
+aggregates the files, so any worker answers for the whole fleet.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Latency buckets sized for an API whose budget is tens of milliseconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class PoolCollector(Collector):
+    """Reads pool occupancy at scrape time instead of updating a gauge on every acquire."""
+
+    def __init__(self, stats: Callable[[], tuple[int, int, int] | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats()
+        family = GaugeMetricFamily(
+            "payhub_db_pool_connections", "Database pool connections by state", labels=["state"]
+        )
+        if stats is not None:
+            size, idle, maximum = stats
+            family.add_metric(["in_use"], size - idle)
+            family.add_metric(["idle"], idle)
+            family.add_metric(["max"], maximum)
+        yield family
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "payhub_http_requests", "HTTP requests by route, method and status",
+            ["route", "method", "status"], registry=r,
+        )
+        self.http_latency = Histogram(
+            "payhub_http_request_duration_seconds", "HTTP request latency by route and method",
+            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.tls_handshake_failures = Counter(
+            "payhub_tls_handshake_failures", "Refused or failed TLS handshakes by reason", ["reason"], registry=r,
+        )
+        self.tls_handshakes = Counter(
+            "payhub_tls_handshakes", "Completed TLS handshakes", registry=r,
+        )
+        self.tls_reloads = Counter(
+            "payhub_tls_reloads", "Certificate/CRL reloads by outcome", ["outcome"], registry=r,
+        )
+        self.authentication_failures = Counter(
+            "payhub_authentication_failures", "Requests refused because the certificate identity is not accepted",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "payhub_build_info", "Build information", ["version"], registry=r, multiprocess_mode="max",
+        )
+
+    def watch_pool(self, stats: Callable[[], tuple[int, int, int] | None]) -> None:
+        self.registry.register(PoolCollector(stats))
+
+    def render(self) -> bytes:
+        if (directory := multiprocess_dir()) is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

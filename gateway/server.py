@@ -1,0 +1,163 @@
+"""Running the gateway: the API and ops listeners in one process, or N worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from config.settings import ConfigError, Settings, split_hostport
+from crypto.pki import PkiPaths
+from gateway.app import create_app, create_ops_app
+from gateway.keys import METRICS, TLS
+from gateway.logs import configure_logging, get_logger
+from gateway.store.db import open_pool
+from gateway.tls import HandshakeLimits, MtlsSite
+
+log = get_logger("gateway.server")
+
+
+def check_pki(settings: Settings) -> PkiPaths:
+    pki = PkiPaths(settings.pki_dir)
+    missing = [p for p in (pki.ca_cert, pki.server_cert, pki.server_key, pki.crl) if not p.exists()]
+    if missing:
+        raise ConfigError(f"TLS material missing ({missing[0]}): run 'payhub pki init' first")
+    return pki
+
+
+@dataclass
+class RunningGateway:
+    """Both listeners of one process; ``stop()`` drains them."""
+
+    api: web.Application
+    api_site: MtlsSite
+    ops_site: web.TCPSite
+    runners: tuple[web.AppRunner, ...]
+
+    @property
+    def api_port(self) -> int:
+        return self.api_site.port
+
+    @property
+    def ops_port(self) -> int:
+        server = self.ops_site._server
+        assert isinstance(server, asyncio.Server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        for runner in self.runners:
+            await runner.cleanup()
+
+
+async def start_gateway(settings: Settings, *, reuse_port: bool = False) -> RunningGateway:
+    """Migrate, open the pool and TLS material, and start both listeners."""
+    check_pki(settings)
+    api = create_app(settings)
+    api_runner = web.AppRunner(
+        api,
+        access_log=None,  # the context middleware logs through structlog instead
+        shutdown_timeout=settings.server.shutdown_timeout,
+        keepalive_timeout=settings.server.keepalive_timeout,
+    )
+    await api_runner.setup()
+    ops_runner = web.AppRunner(create_ops_app(api), access_log=None)
+    await ops_runner.setup()
+    running = False
+    try:
+        host, port = split_hostport(settings.server.listen, key="server.listen")
+        api_site = MtlsSite(
+            api_runner,
+            host,
+            port,
+            tls=api[TLS],
+            metrics=api[METRICS],
+            limits=HandshakeLimits(timeout=settings.server.tls_handshake_timeout),
+            reuse_port=reuse_port,
+        )
+        await api_site.start()
+        ops_host, ops_port = split_hostport(settings.server.ops_listen, key="server.ops_listen")
+        ops_site = web.TCPSite(ops_runner, ops_host, ops_port, reuse_port=reuse_port or None)
+        await ops_site.start()
+        running = True
+    finally:
+        if not running:
+            await ops_runner.cleanup()
+            await api_runner.cleanup()
+    return RunningGateway(api, api_site, ops_site, (ops_runner, api_runner))
+
+
+async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM. SIGHUP reloads certificates and the CRL at once."""
+    gateway = await start_gateway(settings, reuse_port=reuse_port)
+    try:
+        log.info(
+            "gateway.listening",
+            api=gateway.api_site.name,
+            ops=f"http://{settings.server.ops_listen}",
+            pid=os.getpid(),
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: gateway.api[TLS].reload(force=True))
+        await stop.wait()
+        log.info("gateway.stopping")
+    finally:
+        await gateway.stop()
+
+
+def run_loop(main: asyncio.Future[None] | object) -> None:
+    """Run a coroutine on uvloop when available (faster TLS and sockets), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)  # type: ignore[arg-type]
+    else:
+        uvloop.run(main)
+
+
+async def _migrate_once(settings: Settings) -> None:
+    async with open_pool(settings):
+        pass
+
+
+def _worker(settings: Settings) -> None:
+    configure_logging(settings.server.log_level)
+    run_loop(serve(settings, reuse_port=True))
+
+
+def serve_forever(settings: Settings, workers: int = 1) -> None:
+    configure_logging(settings.server.log_level)
+    if workers <= 1:
+        run_loop(serve(settings))
+        return
+    check_pki(settings)
+    # Migrate once in the parent so workers do not queue on the migration lock at start-up.
+    run_loop(_migrate_once(settings))
+    metrics_dir = Path(settings.home) / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker, args=(settings,), name=f"payhub-worker-{i}") for i in range(workers)]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.pid is not None:
+                os.kill(process.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    for process in processes:
+        process.join()
+    sys.exit(max((p.exitcode or 0) for p in processes))

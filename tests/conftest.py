@@ -1,0 +1,71 @@
+"""Shared fixtures: real PostgreSQL per test, dev PKI per session, settings pointing at both."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from config.settings import Settings, load_settings
+from crypto.pki import PkiPaths, init_pki
+from gateway.logs import configure_logging
+from gateway.store.embedded import with_database
+from tests.support import postgres
+
+configure_logging("warning")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return postgres.admin_url(tmp_path_factory.mktemp("embedded"))
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_admin_url: str) -> Iterator[str]:
+    name = postgres.create_template(pg_admin_url)
+    yield name
+    postgres.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+async def db_url(pg_admin_url: str, pg_template: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test only."""
+    name = await postgres.clone_database(pg_admin_url, pg_template)
+    yield with_database(pg_admin_url, name)
+    await postgres.drop_database_async(pg_admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def payhub_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PAYHUB_HOME with the dev PKI for the configured tenants (created once per session)."""
+    home = tmp_path_factory.mktemp("home")
+    settings = load_settings(env={"PAYHUB_HOME": str(home)})
+    init_pki(PkiPaths(settings.pki_dir), {tenant: t.role for tenant, t in settings.tenants.items()})
+    return home
+
+
+@pytest.fixture
+def pki(payhub_home: Path) -> PkiPaths:
+    return PkiPaths(payhub_home / "pki")
+
+
+@pytest.fixture
+def settings(payhub_home: Path, db_url: str) -> Settings:
+    env = {
+        "PAYHUB_HOME": str(payhub_home),
+        "PAYHUB_DATABASE_URL": db_url,
+        "PAYHUB_LISTEN": "127.0.0.1:0",
+        "PAYHUB_OPS_LISTEN": "127.0.0.1:0",
+    }
+    loaded = load_settings(env=env)
+    server = msgspec.structs.replace(loaded.server, tls_reload_interval=0.2, tls_handshake_timeout=2.0)
+    return msgspec.structs.replace(loaded, server=server)
+
+
+def pytest_report_header() -> list[str]:
+    where = "PAYHUB_DATABASE_URL" if os.environ.get("PAYHUB_DATABASE_URL") else "embedded pgserver"
+    redis = os.environ.get("PAYHUB_REDIS_URL") or "none (Redis tests skipped)"
+    return [f"payhub: PostgreSQL from {where}; Redis: {redis}"]
