@@ -15,13 +15,17 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="migrate, then serve the mTLS API and the ops listener")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)"
+    )
 
     commands.add_parser("migrate", help="apply pending SQL migrations (idempotent)")
 
     pki = commands.add_parser("pki", help="dev PKI: CA, server and client certificates, CRL")
     pki_commands = pki.add_subparsers(dest="pki_command", required=True)
-    pki_commands.add_parser("init", help="create what is missing: CA, server cert, one client cert per tenant, CRL")
+    pki_commands.add_parser(
+        "init", help="create what is missing: CA, server cert, one client cert per tenant, CRL"
+    )
     issue = pki_commands.add_parser("issue", help="issue a client certificate (+ .key and .p12)")
     issue.add_argument("name")
     issue.add_argument("--tenant", required=True)
@@ -41,8 +45,10 @@ def _pki(settings: Settings, args: argparse.Namespace) -> int:
         print(f"PKI ready in {paths.root} ({len(created)} new files)")
     elif args.pki_command == "issue":
         if args.tenant not in settings.tenants:
-            print(f"warning: tenant {args.tenant!r} is not in {settings.source}; the gateway will refuse it",
-                  file=sys.stderr)
+            print(
+                f"warning: tenant {args.tenant!r} is not in {settings.source}; the gateway will refuse it",
+                file=sys.stderr,
+            )
         cert = issue_client(paths, args.name, tenant=args.tenant, role=args.role, days=args.days)
         print(f"issued {cert} (+ {paths.client_key(args.name).name}, {paths.client_p12(args.name).name})")
     else:

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncpg
 from aiohttp import web
 
 from config.settings import Settings
+from gateway.identity import Identity
 from gateway.metrics import Metrics
-
-if TYPE_CHECKING:
-    from gateway.identity import Identity
-    from gateway.tls import TlsContextHolder
+from gateway.tls import TlsContextHolder
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
-TLS = web.AppKey("tls", "TlsContextHolder")
+TLS = web.AppKey("tls", TlsContextHolder)
 
 # Request-scoped values (set by middlewares).
-REQUEST_ID = "payhub.request_id"
-IDENTITY = "payhub.identity"
+REQUEST_ID = web.RequestKey("request_id", str)
+IDENTITY = web.RequestKey("identity", Identity)
 
 __all__ = ["DB_POOL", "IDENTITY", "METRICS", "REQUEST_ID", "SETTINGS", "TLS", "Identity"]

@@ -172,7 +172,8 @@ _RUN: Final = re.compile(r"\d(?:[ -]?\d){12,}")
 _ASCII_CLASSES: Final = bytes(
     ord("d") if byte in b"0123456789" else ord("s") if byte in b" -" else ord("x") for byte in range(256)
 )
-_ASCII_RUN: Final = re.compile(b"d" * _PAN_MIN + b"d*")
+_THIRTEEN_DIGITS: Final = b"d" * _PAN_MIN
+_ASCII_RUN: Final = re.compile(_THIRTEEN_DIGITS + b"d*")
 
 # Luhn: every second digit from the right is doubled, minus 9 when the result exceeds 9.
 _DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
@@ -245,6 +246,8 @@ def mask_pans(text: str) -> str:
         # A single separator between digits joins them; after two passes (the first one skips every other
         # separator of "d-d-d-d") each run is one block of "d" at the same offsets as in *text*.
         classes = classes.replace(b"dsd", b"ddd").replace(b"dsd", b"ddd")
+        if _THIRTEEN_DIGITS not in classes:  # a plain substring search is cheaper than a regex that fails
+            return text
         spans = [match.span() for match in _ASCII_RUN.finditer(classes)]
     else:
         spans = [match.span() for match in _RUN.finditer(text)]
@@ -306,17 +309,20 @@ def _scrub_float(value: float) -> float | str:
     return value
 
 
-def _key_text(key: object) -> str:
-    # orjson only accepts str keys; render others as text (and mask them like any text).
-    return mask_pans(key if isinstance(key, str) else str(key))
-
-
 def _scrub_mapping(mapping: Mapping[Any, Any], path: list[int]) -> dict[str, Any] | Mapping[Any, Any]:
     out: dict[str, Any] | None = None
     for index, (key, value) in enumerate(mapping.items()):
-        new_key = _key_text(key)
-        if isinstance(key, str) and is_sensitive_key(key):
+        # Short plain strings (most keys and values) cannot hold a PAN: skip the calls on the hot path.
+        if type(key) is str:
+            new_key = key if len(key) < _PAN_MIN else mask_pans(key)
+            sensitive = is_sensitive_key(key)
+        else:  # orjson only accepts str keys; render others as text, masked like any text
+            new_key = mask_pans(str(key))
+            sensitive = False
+        if sensitive:
             new_value: Any = REDACTED
+        elif type(value) is str:
+            new_value = value if len(value) < _PAN_MIN else mask_pans(value)
         else:
             new_value = _scrub(value, path)
         if out is None:

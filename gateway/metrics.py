@@ -46,28 +46,46 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.http_requests = Counter(
-            "payhub_http_requests", "HTTP requests by route, method and status",
-            ["route", "method", "status"], registry=r,
+            "payhub_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.http_latency = Histogram(
-            "payhub_http_request_duration_seconds", "HTTP request latency by route and method",
-            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
+            "payhub_http_request_duration_seconds",
+            "HTTP request latency by route and method",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.tls_handshake_failures = Counter(
-            "payhub_tls_handshake_failures", "Refused or failed TLS handshakes by reason", ["reason"], registry=r,
+            "payhub_tls_handshake_failures",
+            "Refused or failed TLS handshakes by reason",
+            ["reason"],
+            registry=r,
         )
         self.tls_handshakes = Counter(
-            "payhub_tls_handshakes", "Completed TLS handshakes", registry=r,
+            "payhub_tls_handshakes",
+            "Completed TLS handshakes",
+            registry=r,
         )
         self.tls_reloads = Counter(
-            "payhub_tls_reloads", "Certificate/CRL reloads by outcome", ["outcome"], registry=r,
+            "payhub_tls_reloads",
+            "Certificate/CRL reloads by outcome",
+            ["outcome"],
+            registry=r,
         )
         self.authentication_failures = Counter(
-            "payhub_authentication_failures", "Requests refused because the certificate identity is not accepted",
+            "payhub_authentication_failures",
+            "Requests refused because the certificate identity is not accepted",
             registry=r,
         )
         self.build_info = Gauge(
-            "payhub_build_info", "Build information", ["version"], registry=r, multiprocess_mode="max",
+            "payhub_build_info",
+            "Build information",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
         )
 
     def watch_pool(self, stats: Callable[[], tuple[int, int, int] | None]) -> None:
@@ -76,6 +94,6 @@ class Metrics:
     def render(self) -> bytes:
         if (directory := multiprocess_dir()) is not None:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=directory)
+            multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import cast
 
 import structlog
 from aiohttp import web
@@ -51,7 +50,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
         metrics = request.app[METRICS]
         metrics.http_requests.labels(route, request.method, str(status)).inc()
         metrics.http_latency.labels(route, request.method).observe(elapsed)
-        identity = cast(Identity | None, request.get(IDENTITY))
+        identity = request.get(IDENTITY)
         log.info(
             "http.request",
             method=request.method,
@@ -117,4 +116,4 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
 
 
 def require_identity(request: web.Request) -> Identity:
-    return cast(Identity, request[IDENTITY])
+    return request[IDENTITY]

@@ -43,7 +43,9 @@ async def readyz(request: web.Request) -> web.Response:
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             checks["database"] = "unreachable"
     ready = all(value == "ok" for value in checks.values())
-    return json_response({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+    return json_response(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )
 
 
 def create_ops_app(api: web.Application) -> web.Application:

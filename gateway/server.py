@@ -8,8 +8,10 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -114,12 +116,12 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
         await gateway.stop()
 
 
-def run_loop(main: asyncio.Future[None] | object) -> None:
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run a coroutine on uvloop when available (faster TLS and sockets), else asyncio."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)  # type: ignore[arg-type]
+        asyncio.run(main)
     else:
         uvloop.run(main)
 
@@ -147,7 +149,9 @@ def serve_forever(settings: Settings, workers: int = 1) -> None:
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(settings,), name=f"payhub-worker-{i}") for i in range(workers)]
+    processes = [
+        context.Process(target=_worker, args=(settings,), name=f"payhub-worker-{i}") for i in range(workers)
+    ]
     for process in processes:
         process.start()
 

@@ -80,7 +80,9 @@ class TlsContextHolder:
         except (ssl.SSLError, OSError, ValueError) as exc:
             # A half-rotated set of files must not take the listener down: keep serving with the old one.
             self._metrics.tls_reloads.labels(outcome="error").inc()
-            log.error("tls.reload_failed", error=type(exc).__name__, detail=str(exc))
+            log.error(  # noqa: TRY400 - the reason is the useful part; no traceback
+                "tls.reload_failed", error=type(exc).__name__, detail=str(exc)
+            )
             return False
         self.context, self._stamp = context, stamp
         self._metrics.tls_reloads.labels(outcome="ok").inc()

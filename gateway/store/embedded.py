@@ -27,8 +27,11 @@ def start_embedded(pg_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
             "(pip install 'payhub[embedded]')"
         ) from exc
     pg_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pg_dir, cleanup_mode="stop")
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    server = pgserver.get_server(pg_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", database):
+        raise ConfigError(f"embedded database name {database!r} is not a plain identifier")
+    # database is a checked identifier, not user input.
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")  # noqa: S608
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')
     admin_url: str = server.get_uri()

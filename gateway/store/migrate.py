@@ -14,6 +14,8 @@ from pathlib import Path
 
 import asyncpg
 
+from gateway.store.types import Connection
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Arbitrary constant shared by every payhub process ("payhub" + 1); any value unique to the app works.
 MIGRATION_LOCK_ID = 0x7061796875620001
@@ -52,7 +54,7 @@ def latest_version(directory: Path = MIGRATIONS_DIR) -> int:
     return max((m.version for m in discover(directory)), default=0)
 
 
-async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+async def migrate(conn: Connection, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Apply pending migrations; return the ones applied by this call."""
     pending = discover(directory)
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
@@ -88,14 +90,16 @@ async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) ->
                         migration.checksum,
                     )
             except asyncpg.PostgresError as exc:
-                raise MigrationError(f"migration {migration.version:04d}_{migration.name} failed: {exc}") from exc
+                raise MigrationError(
+                    f"migration {migration.version:04d}_{migration.name} failed: {exc}"
+                ) from exc
             done.append(migration)
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
 
 
-async def current_version(conn: asyncpg.Connection) -> int:
+async def current_version(conn: Connection) -> int:
     try:
         version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
     except asyncpg.UndefinedTableError:

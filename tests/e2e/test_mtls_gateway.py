@@ -79,9 +79,11 @@ async def test_revoked_certificate_is_refused_after_hot_reload(settings: Setting
             ctx = client_context(pki, "acme-laptop")
             for _ in range(50):
                 try:
-                    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
-                        async with s.get(url) as resp:
-                            await resp.read()
+                    async with (
+                        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as fresh,
+                        fresh.get(url) as resp,
+                    ):
+                        await resp.read()
                 except aiohttp.ClientError:
                     break
                 await asyncio.sleep(0.1)
@@ -106,10 +108,13 @@ async def test_unknown_tenant_or_wrong_role_gets_403(
 ) -> None:
     name = f"{tenant}-{role}"
     issue_client(pki, name, tenant=tenant, role=role)
-    async with gateway(settings) as gw, client(pki, name) as session:
-        async with session.get(f"https://localhost:{gw.api_port}/v1/ping") as resp:
-            assert resp.status == 403
-            body = await resp.json()
+    async with (
+        gateway(settings) as gw,
+        client(pki, name) as session,
+        session.get(f"https://localhost:{gw.api_port}/v1/ping") as resp,
+    ):
+        assert resp.status == 403
+        body = await resp.json()
     assert body["error"]["type"] == "authentication_error"
     assert body["error"]["request_id"] == resp.headers["Request-Id"]
 
@@ -121,15 +126,31 @@ async def test_error_shape_for_refused_requests(settings: Settings, pki: PkiPath
             (session.get(f"{base}/v1/nope"), 404, "invalid_request_error", "resource_missing"),
             (session.delete(f"{base}/v1/ping"), 405, "invalid_request_error", "method_not_allowed"),
             (
-                session.post(f"{base}/v1/ping", data=b"{not json", headers={"Content-Type": "application/json"}),
+                session.post(
+                    f"{base}/v1/ping", data=b"{not json", headers={"Content-Type": "application/json"}
+                ),
                 400,
                 "invalid_request_error",
                 "invalid_json",
             ),
-            (session.post(f"{base}/v1/ping", json={"message": 7}), 400, "invalid_request_error", "parameter_invalid"),
-            (session.post(f"{base}/v1/ping", json={"colour": "x"}), 400, "invalid_request_error", "parameter_invalid"),
             (
-                session.post(f"{base}/v1/ping", data=b"x" * (1024 * 1024 + 1), headers={"Content-Type": "application/json"}),
+                session.post(f"{base}/v1/ping", json={"message": 7}),
+                400,
+                "invalid_request_error",
+                "parameter_invalid",
+            ),
+            (
+                session.post(f"{base}/v1/ping", json={"colour": "x"}),
+                400,
+                "invalid_request_error",
+                "parameter_invalid",
+            ),
+            (
+                session.post(
+                    f"{base}/v1/ping",
+                    data=b"x" * (1024 * 1024 + 1),
+                    headers={"Content-Type": "application/json"},
+                ),
                 413,
                 "invalid_request_error",
                 "request_too_large",
