@@ -244,7 +244,8 @@ def mask_pans(text: str) -> str:
         if classes.count(b"d") < _PAN_MIN:
             return text
         # A single separator between digits joins them; after two passes (the first one skips every other
-        # separator of "d-d-d-d") each run is one block of "d" at the same offsets as in *text*.
+        # separator of "d-d-d-d") each run is one block of "d" at the same offsets as in *text*. A block
+        # counts its separators too, so its length only bounds its digit count: checked again below.
         classes = classes.replace(b"dsd", b"ddd").replace(b"dsd", b"ddd")
         if _THIRTEEN_DIGITS not in classes:  # a plain substring search is cheaper than a regex that fails
             return text
@@ -255,7 +256,7 @@ def mask_pans(text: str) -> str:
     last = 0
     for start, end in spans:
         digits = _run_digits(text[start:end])
-        if _has_luhn_window(digits):
+        if len(digits) >= _PAN_MIN and _has_luhn_window(digits):
             pieces.append(text[last:start])
             pieces.append(_masked(digits))
             last = end

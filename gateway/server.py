@@ -50,7 +50,7 @@ class RunningGateway:
     @property
     def ops_port(self) -> int:
         server = self.ops_site._server
-        assert isinstance(server, asyncio.Server)
+        assert server is not None  # started
         return int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:

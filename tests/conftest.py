@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
+import uvloop
 
 from config.settings import Settings, load_settings
 from crypto.pki import PkiPaths, init_pki
@@ -63,6 +65,11 @@ def settings(payhub_home: Path, db_url: str) -> Settings:
     loaded = load_settings(env=env)
     server = msgspec.structs.replace(loaded.server, tls_reload_interval=0.2, tls_handshake_timeout=2.0)
     return msgspec.structs.replace(loaded, server=server)
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Run async tests on uvloop, the loop payhub serves on."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def pytest_report_header() -> list[str]:

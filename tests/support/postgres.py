@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -18,11 +19,18 @@ from gateway.store.migrate import migrate
 
 
 def admin_url(tmp_root: Path) -> str:
+    """The machine's server when PAYHUB_DATABASE_URL is set, else an embedded one under ``tmp_root``."""
     configured = os.environ.get("PAYHUB_DATABASE_URL")
     if configured:
         return configured
     import pgserver
 
+    # As root, pgserver runs PostgreSQL as its own user, which must be able to reach the data
+    # directory; pytest's temporary root is private (0700), so open the path down to it.
+    for directory in (tmp_root, *tmp_root.parents):
+        if directory == Path(tempfile.gettempdir()):
+            break
+        directory.chmod(directory.stat().st_mode | 0o711)
     server = pgserver.get_server(tmp_root / "pg", cleanup_mode="stop")
     url: str = server.get_uri()
     return url
