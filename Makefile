@@ -16,15 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	@$(BIN)/payhub pki init
-	@echo
-	@echo "payhub is starting. In another terminal, try:"
-	@echo
-	@echo "  curl --cert $(PAYHUB_HOME)/pki/clients/acme.pem --key $(PAYHUB_HOME)/pki/clients/acme.key \\"
-	@echo "       --cacert $(PAYHUB_HOME)/pki/ca.pem https://localhost:8443/v1/ping"
-	@echo
-	@echo "  metrics: curl http://127.0.0.1:9108/metrics"
-	@echo
+	$(BIN)/payhub pki init
 	exec $(BIN)/payhub serve
 
 test: $(STAMP)

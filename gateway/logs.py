@@ -610,6 +610,8 @@ def configure_logging(level: str = "info", *, stream: IO[str] | IO[bytes] | None
     if _HANDLER not in root.handlers:
         root.addHandler(_HANDLER)
     root.setLevel(number)
+    # pgserver narrates every pg_ctl call at INFO; only its problems belong in our logs.
+    logging.getLogger("pgserver").setLevel(max(number, logging.WARNING))
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:

@@ -42,7 +42,9 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await handler(request)
         status = response.status
-        response.headers["Request-Id"] = request_id
+        headers = response.headers
+        headers["Request-Id"] = request_id
+        headers["Server"] = "payhub"  # not aiohttp's default, which names the Python and aiohttp versions
         return response
     finally:
         elapsed = time.perf_counter() - started

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -49,8 +49,8 @@ class RunningGateway:
 
     @property
     def ops_port(self) -> int:
-        server = self.ops_site._server
-        assert server is not None  # started
+        # asyncio.Server or uvloop's equivalent; both expose the bound sockets.
+        server = cast(asyncio.Server, self.ops_site._server)
         return int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
@@ -105,6 +105,8 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
             ops=f"http://{settings.server.ops_listen}",
             pid=os.getpid(),
         )
+        if settings.server.dev_mode:
+            print_try_me(settings, gateway.api_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -114,6 +116,23 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
         log.info("gateway.stopping")
     finally:
         await gateway.stop()
+
+
+def print_try_me(settings: Settings, port: int) -> None:
+    """Dev mode: a ready-to-paste curl line with a dev client certificate (on stderr, not in the logs)."""
+    pki = PkiPaths(settings.pki_dir)
+    tenant = next((t for t, conf in settings.tenants.items() if conf.role == "client"), None)
+    if tenant is None or not pki.client_cert(tenant).exists():
+        return
+    host, _ = split_hostport(settings.server.listen, key="server.listen")
+    host = "localhost" if host in ("127.0.0.1", "::1", "0.0.0.0", "::") else host  # noqa: S104
+    sys.stderr.write(
+        f"\npayhub is ready. Try:\n\n"
+        f"  curl --cert {pki.client_cert(tenant)} --key {pki.client_key(tenant)} \\\n"
+        f"       --cacert {pki.ca_cert} https://{host}:{port}/v1/ping\n\n"
+        f"  metrics: curl http://{settings.server.ops_listen}/metrics\n\n"
+    )
+    sys.stderr.flush()
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -69,6 +69,9 @@ async def test_serve_process_end_to_end(payhub_home: Path, db_url: str, tmp_path
         exit_code = process.wait(timeout=20)
     assert exit_code == 0
     output = log_file.read_bytes()
+    human = log_file.with_suffix(".err").read_text()
+    assert "curl --cert" in human  # the dev-mode hint, on stderr so stdout stays pure JSON
+    assert PAN not in human
     assert PAN.encode() not in output
     assert b"4111 1111 1111 1111" not in output
     events = [orjson.loads(line) for line in output.splitlines() if line.strip()]  # every line is JSON

@@ -37,11 +37,12 @@ def run_payhub(*args: str, env: Mapping[str, str], timeout: float = 60) -> subpr
 
 
 def start_payhub(*args: str, env: Mapping[str, str], stdout: Path) -> subprocess.Popen[bytes]:
-    with stdout.open("wb") as out:
+    """Start payhub with its stdout (the JSON log) in ``stdout`` and stderr next to it (``.err``)."""
+    with stdout.open("wb") as out, stdout.with_suffix(".err").open("wb") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "gateway", *args],
             cwd=REPO,
             env=dict(env),
             stdout=out,
-            stderr=subprocess.STDOUT,
+            stderr=err,
         )
