@@ -39,6 +39,7 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keepalive_timeout: float = 75.0
     shutdown_timeout: float = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    audit_seal_interval: float = 1.0
     dev_mode: bool = False
 
 
@@ -151,7 +152,13 @@ def _validate(settings: Settings, source: str) -> None:
     split_hostport(settings.server.ops_listen, key=f"{source}: server.ops_listen")
     if settings.server.max_body_bytes < 1024:
         raise fail("server.max_body_bytes", "must be at least 1024")
-    for key in ("tls_handshake_timeout", "tls_reload_interval", "keepalive_timeout", "shutdown_timeout"):
+    for key in (
+        "tls_handshake_timeout",
+        "tls_reload_interval",
+        "keepalive_timeout",
+        "shutdown_timeout",
+        "audit_seal_interval",
+    ):
         if getattr(settings.server, key) <= 0:
             raise fail(f"server.{key}", "must be positive")
     db = settings.database

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from config.settings import Settings
+from crypto.audit_chain import load_seal_key
 from crypto.pki import PkiPaths
 from gateway import ops
 from gateway.api import ping
@@ -15,6 +16,7 @@ from gateway.metrics import Metrics
 from gateway.middlewares import context_middleware, error_middleware, identity_middleware
 from gateway.store.db import open_pool
 from gateway.tls import TlsContextHolder
+from gateway.workers.audit_sealer import run_sealer
 from gateway.workers.tasks import background
 
 VERSION = "0.1.0"
@@ -24,6 +26,14 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     async with open_pool(app[SETTINGS]) as pool:
         app[DB_POOL] = pool
         app[METRICS].watch_pool(lambda: (pool.get_size(), pool.get_idle_size(), pool.get_max_size()))
+        yield
+
+
+async def _audit_sealer(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    key = load_seal_key(settings.keys_dir)
+    loop = run_sealer(app[DB_POOL], key, settings.server.audit_seal_interval)
+    async with background(loop, name="audit-sealer"):
         yield
 
 
@@ -45,6 +55,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app[METRICS] = metrics or Metrics()
     app[METRICS].build_info.labels(version=VERSION).set(1)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_audit_sealer)
     app.cleanup_ctx.append(_tls)
     ping.setup(app)
     return app

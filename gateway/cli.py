@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
 
 from config.settings import ConfigError, Settings, load_settings
+from crypto.audit_chain import AuditChainError
 from crypto.pki import PkiError, PkiPaths, init_pki, issue_client, revoke_client
+from gateway.store.migrate import MigrationError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--days", type=int, default=365)
     revoke = pki_commands.add_parser("revoke", help="revoke a client certificate (CRL rewritten)")
     revoke.add_argument("name")
+
+    audit = commands.add_parser("audit", help="tamper-evident audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser("verify", help="walk the hash chain; exit 1 naming the first bad row")
+    audit_commands.add_parser(
+        "seal", help="seal committed events into the chain now (the gateway does it every second)"
+    )
     return parser
 
 
@@ -57,19 +68,59 @@ def _pki(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _migrate(settings: Settings) -> int:
+def _with_database(settings: Settings, action: Callable[[asyncpg.Pool], Awaitable[int]]) -> int:
+    """Run ``action`` with a migrated pool on the event loop payhub serves on."""
     from gateway.logs import configure_logging
     from gateway.server import run_loop
     from gateway.store.db import open_pool
 
+    result = 0
+
     async def run() -> None:
-        async with open_pool(settings):
-            pass
+        nonlocal result
+        async with open_pool(settings) as pool:
+            result = await action(pool)
 
     configure_logging(settings.server.log_level)
     run_loop(run())
-    print("migrations applied")
+    return result
+
+
+async def _report_schema(pool: asyncpg.Pool) -> int:
+    from gateway.store.migrate import current_version
+
+    async with pool.acquire() as conn:
+        print(f"database schema at version {await current_version(conn)}")
     return 0
+
+
+def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    from crypto.audit_chain import load_seal_key
+    from gateway.store.audit import verify_chain
+    from gateway.workers.audit_sealer import seal_pending
+
+    key = load_seal_key(settings.keys_dir, create=args.audit_command == "seal")
+
+    async def seal(pool: asyncpg.Pool) -> int:
+        print(f"sealed {await seal_pending(pool, key)} events")
+        return 0
+
+    async def verify(pool: asyncpg.Pool) -> int:
+        async with pool.acquire() as conn:
+            report = await verify_chain(conn, key)
+        if report.tampered is not None:
+            bad = report.tampered
+            seq = f" (event seq {bad.seq})" if bad.seq is not None else ""
+            print(f"audit chain TAMPERED at position {bad.position}{seq}: {bad.reason}")
+            print(f"{report.sealed} events verified before it")
+            return 1
+        print(
+            f"audit chain OK: {report.sealed} sealed events, {report.checkpoints} signed checkpoints; "
+            f"{report.unsealed} recent events not sealed yet"
+        )
+        return 0
+
+    return _with_database(settings, seal if args.audit_command == "seal" else verify)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,12 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "pki":
             return _pki(settings, args)
         if args.command == "migrate":
-            return _migrate(settings)
+            return _with_database(settings, _report_schema)
+        if args.command == "audit":
+            return _audit(settings, args)
         from gateway.server import serve_forever
 
         serve_forever(settings, workers=args.workers)
         return 0
-    except (ConfigError, PkiError) as exc:
+    except (ConfigError, PkiError, AuditChainError, MigrationError) as exc:
         print(f"payhub: {exc}", file=sys.stderr)
         return 2
 
