@@ -1,0 +1,219 @@
+"""Double-entry ledger: accounts, balanced postings, statements.
+
+A posting is a list of moves (amount from one account to another); each move is two entries
+(-amount, +amount), so every transaction sums to zero per currency by construction — and the
+database re-checks it at commit. System accounts are created on first use inside the same
+statement, so a posting is one round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import asyncpg
+
+from gateway.ids import new_id
+from gateway.store.types import Connection
+
+SystemKind = Literal[
+    "tenant_clearing", "connector_receivable", "biller_payable", "fees", "fx", "prepaid_issuer"
+]
+Bucket = Literal["available", "pending"]
+
+
+class InsufficientFunds(Exception):
+    """A customer balance would go below zero (the database refused the posting)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SystemAccount:
+    """A contra account of the hub (created on first use): clearing, receivables, payables, fees, FX."""
+
+    tenant: str
+    kind: SystemKind
+    reference: str  # connector or biller name; "default" for the tenant's clearing account
+    currency: str
+
+    @property
+    def id(self) -> str:
+        return f"sys_{self.tenant}_{self.kind}_{self.reference}_{self.currency}"
+
+
+AccountRef = str | SystemAccount  # a customer account id (acct_…) or a system account
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    source: AccountRef
+    destination: AccountRef
+    amount: int
+    currency: str
+    source_bucket: Bucket = "available"
+    destination_bucket: Bucket = "available"
+
+
+def _account_id(ref: AccountRef) -> str:
+    return ref.id if isinstance(ref, SystemAccount) else ref
+
+
+_POST = """
+WITH accounts AS (
+    INSERT INTO ledger_accounts (id, tenant, kind, currency, reference)
+    SELECT a.id, $2, a.kind, a.currency, a.reference
+    FROM unnest($6::text[], $7::text[], $8::text[], $9::text[]) AS a(id, kind, currency, reference)
+    ON CONFLICT (id) DO NOTHING
+), tx AS (
+    INSERT INTO ledger_transactions (id, tenant, kind, payment_id, refund_id) VALUES ($1, $2, $3, $4, $5)
+)
+INSERT INTO ledger_entries (transaction_id, account_id, bucket, amount, currency)
+SELECT $1, e.account_id, e.bucket, e.amount, e.currency
+FROM unnest($10::text[], $11::text[], $12::bigint[], $13::text[]) AS e(account_id, bucket, amount, currency)
+"""
+
+
+async def post(
+    conn: Connection,
+    *,
+    tenant: str,
+    kind: str,
+    moves: Sequence[Move],
+    payment_id: str | None = None,
+    refund_id: str | None = None,
+) -> str:
+    """Record the moves as one ledger transaction; InsufficientFunds if a customer balance would go negative.
+
+    Call inside a transaction (or savepoint) that the caller rolls back on InsufficientFunds.
+    """
+    system = {
+        ref.id: ref
+        for move in moves
+        for ref in (move.source, move.destination)
+        if isinstance(ref, SystemAccount)
+    }
+    ids = list(system)
+    kinds = [ref.kind for ref in system.values()]
+    currencies = [ref.currency for ref in system.values()]
+    references = [ref.reference for ref in system.values()]
+    entries_account, entries_bucket, entries_amount, entries_currency = [], [], [], []
+    for move in moves:
+        entries_account += [_account_id(move.source), _account_id(move.destination)]
+        entries_bucket += [move.source_bucket, move.destination_bucket]
+        entries_amount += [-move.amount, move.amount]
+        entries_currency += [move.currency, move.currency]
+    transaction_id = new_id("ltx")
+    try:
+        await conn.execute(
+            _POST,
+            transaction_id,
+            tenant,
+            kind,
+            payment_id,
+            refund_id,
+            ids,
+            kinds,
+            currencies,
+            references,
+            entries_account,
+            entries_bucket,
+            entries_amount,
+            entries_currency,
+        )
+    except asyncpg.CheckViolationError as exc:
+        if exc.constraint_name == "ledger_accounts_check":
+            raise InsufficientFunds from exc
+        raise
+    return transaction_id
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    tenant: str
+    currency: str
+    customer_id: str | None
+    available: int
+    pending: int
+    metadata: str
+    created: datetime
+
+
+_ACCOUNT_COLUMNS = "id, tenant, currency, customer_id, available, pending, metadata::text, created"
+
+
+async def create_customer_account(
+    conn: Connection, *, tenant: str, currency: str, customer_id: str | None, metadata: str
+) -> Account:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO ledger_accounts (id, tenant, kind, currency, customer_id, metadata)
+        VALUES ($1, $2, 'customer_balance', $3, $4, $5::jsonb)
+        RETURNING {_ACCOUNT_COLUMNS}
+        """,  # noqa: S608 - fixed column list
+        new_id("acct"),
+        tenant,
+        currency,
+        customer_id,
+        metadata,
+    )
+    assert row is not None
+    return Account(*row)
+
+
+async def get_customer_account(conn: Connection, *, tenant: str, account_id: str) -> Account | None:
+    row = await conn.fetchrow(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts "  # noqa: S608 - fixed column list
+        "WHERE id = $1 AND tenant = $2 AND kind = 'customer_balance'",
+        account_id,
+        tenant,
+    )
+    return Account(*row) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: int
+    transaction_id: str
+    kind: str
+    payment_id: str | None
+    refund_id: str | None
+    bucket: str
+    amount: int
+    currency: str
+    created: datetime
+
+
+async def list_entries(
+    conn: Connection, *, account_id: str, limit: int, before_id: int | None, after_id: int | None
+) -> list[Entry]:
+    """Statement lines newest first; keyset pagination on the entry id."""
+    if after_id is not None:  # ending_before: the page just newer than the cursor, returned newest first
+        rows = await conn.fetch(
+            """
+            SELECT * FROM (
+                SELECT e.id, e.transaction_id, t.kind, t.payment_id, t.refund_id,
+                       e.bucket, e.amount, e.currency, e.created
+                FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+                WHERE e.account_id = $1 AND e.id > $2 ORDER BY e.id ASC LIMIT $3
+            ) page ORDER BY id DESC
+            """,
+            account_id,
+            after_id,
+            limit,
+        )
+    else:
+        rows = await conn.fetch(
+            """
+            SELECT e.id, e.transaction_id, t.kind, t.payment_id, t.refund_id,
+                       e.bucket, e.amount, e.currency, e.created
+            FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+            WHERE e.account_id = $1 AND ($2::bigint IS NULL OR e.id < $2)
+            ORDER BY e.id DESC LIMIT $3
+            """,
+            account_id,
+            before_id,
+            limit,
+        )
+    return [Entry(*row) for row in rows]
