@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
 import msgspec
+from limits import parse_many
 
 DEFAULT_CONFIG = Path(__file__).with_name("payhub.toml")
 
@@ -57,10 +58,94 @@ class TenantSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
 
 
+# ``[limits]``: traffic protection (docs/traffic.md). Rates are strings in the notation of the
+# `limits` library ("100/2 seconds", "200 per second; 5000 per hour"), or "unlimited".
+UNLIMITED = "unlimited"
+ROUTE_CLASSES = ("payment_write", "write", "read", "ops")
+RateStrategy = Literal["moving-window", "sliding-window-counter", "fixed-window"]
+
+
+class TenantRates(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-tenant request rates by route class. A class set to None has no budget of its own and
+    shares the single ``default`` budget with every other such class ("200 other requests/s")."""
+
+    payment_write: str | None = "100/2 seconds"  # 50/s sustained with bursts of 100 (moving window)
+    write: str | None = None
+    read: str | None = None
+    ops: str | None = None
+    default: str = "200/second"
+    max_concurrent: int = 50
+
+
+class TenantLimitOverrides(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[limits.tenants.<id>]``: any key set here replaces the ``[limits.per_tenant]`` value."""
+
+    payment_write: str | None = None
+    write: str | None = None
+    read: str | None = None
+    ops: str | None = None
+    default: str | None = None
+    max_concurrent: int | None = None
+
+
+class ShedThreshold(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Shed a route class when smoothed event-loop lag (seconds) or in-flight requests reach these."""
+
+    lag: float
+    inflight: int
+
+
+class SheddingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    lag_interval: float = 0.05  # how often the lag monitor wakes up
+    read: ShedThreshold = ShedThreshold(lag=0.1, inflight=256)
+    write: ShedThreshold = ShedThreshold(lag=0.25, inflight=384)  # also operator routes
+    payment_write: ShedThreshold = ShedThreshold(lag=1.0, inflight=512)
+
+
+class InputLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Hostile-input limits (the body size cap is ``server.max_body_bytes``)."""
+
+    max_json_depth: int = 32
+    max_json_string_bytes: int = 8192  # longest JSON string token, escapes included
+    header_timeout: float = 10.0  # a request head must arrive within this (slowloris)
+    body_timeout: float = 30.0  # and its body within this
+    max_line_size: int = 8190  # request line
+    max_field_size: int = 8190  # one header line
+    max_headers: int = 64
+
+
+class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    strategy: RateStrategy = "moving-window"
+    per_tenant: TenantRates = msgspec.field(default_factory=TenantRates)
+    tenants: dict[str, TenantLimitOverrides] = msgspec.field(default_factory=dict)
+    per_customer: str = "120/minute"  # payment creations per customer id, within a tenant
+    per_customer_ip: str = "600/minute"  # payment creations per payer IP (customer.ip), within a tenant
+    redis_key_prefix: str = "payhub:limits"
+    redis_timeout: float = 0.25  # connect, read and pool-wait timeout of each Redis call
+    redis_max_connections: int = 64
+    redis_fallback: float = 5.0  # after a Redis error, per-process limits for this many seconds
+    shedding: SheddingSettings = msgspec.field(default_factory=SheddingSettings)
+    input: InputLimits = msgspec.field(default_factory=InputLimits)
+
+    def rates_for(self, tenant: str) -> TenantRates:
+        """The tenant's effective rates: ``per_tenant`` with its ``[limits.tenants.<id>]`` overrides."""
+        overrides = self.tenants.get(tenant)
+        if overrides is None:
+            return self.per_tenant
+        changed = {
+            name: value
+            for name in TenantLimitOverrides.__struct_fields__
+            if (value := getattr(overrides, name)) is not None
+        }
+        return msgspec.structs.replace(self.per_tenant, **changed)
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
     tenants: dict[str, TenantSettings] = msgspec.field(default_factory=dict)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     redis_url: str | None = None
     source: str = "<defaults>"
 
@@ -104,10 +189,14 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     # Tenants are decoded one by one so an error names the tenant ("tenants.acme.role"),
     # where msgspec alone would only say "tenants[...]".
     tenants_raw = data.pop("tenants", {})
+    # Same for per-tenant limit overrides ("limits.tenants.acme.read").
+    limits_raw = data.get("limits")
+    limit_overrides_raw = limits_raw.pop("tenants", {}) if isinstance(limits_raw, dict) else {}
     try:
         settings = msgspec.convert(data, type=Settings)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{config_path}: {_describe(exc)}") from exc
+    settings = _with_limit_overrides(settings, limit_overrides_raw, config_path)
     if not isinstance(tenants_raw, dict):
         raise ConfigError(f"{config_path}: invalid value for 'tenants': expected a table")
     tenants: dict[str, TenantSettings] = {}
@@ -120,6 +209,19 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     settings = _apply_env(settings, env)
     _validate(settings, str(config_path))
     return msgspec.structs.replace(settings, source=str(config_path))
+
+
+def _with_limit_overrides(settings: Settings, raw: object, config_path: Path) -> Settings:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: invalid value for 'limits.tenants': expected a table")
+    overrides: dict[str, TenantLimitOverrides] = {}
+    for tenant_id, value in raw.items():
+        try:
+            overrides[tenant_id] = msgspec.convert(value, type=TenantLimitOverrides)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{config_path}: {_describe(exc, f'limits.tenants.{tenant_id}')}") from exc
+    limits = msgspec.structs.replace(settings.limits, tenants=overrides)
+    return msgspec.structs.replace(settings, limits=limits)
 
 
 def _describe(exc: msgspec.ValidationError, prefix: str = "") -> str:
@@ -171,3 +273,66 @@ def _validate(settings: Settings, source: str) -> None:
     for tenant_id in settings.tenants:
         if not _TENANT_ID.match(tenant_id):
             raise fail(f"tenants.{tenant_id}", "tenant ids are lower-case letters, digits, '_' or '-'")
+    _validate_limits(settings, fail)
+
+
+def _validate_rate(value: str | None, key: str, fail: Callable[[str, str], ConfigError]) -> None:
+    if value is None or value == UNLIMITED:
+        return
+    try:
+        items = parse_many(value)
+    except ValueError as exc:
+        raise fail(key, f'{value!r} is not a rate such as "200/second" or "100 per 2 seconds"') from exc
+    if any(item.amount < 1 for item in items):
+        raise fail(key, "a rate must allow at least 1 request (use tenants.<id>.enabled = false to block)")
+
+
+def _validate_limits(settings: Settings, fail: Callable[[str, str], ConfigError]) -> None:
+    limits = settings.limits
+    rate_names = (*ROUTE_CLASSES, "default")
+    for name in rate_names:
+        _validate_rate(getattr(limits.per_tenant, name), f"limits.per_tenant.{name}", fail)
+    if limits.per_tenant.max_concurrent < 1:
+        raise fail("limits.per_tenant.max_concurrent", "must be at least 1")
+    for tenant_id, overrides in limits.tenants.items():
+        if tenant_id not in settings.tenants:
+            raise fail(f"limits.tenants.{tenant_id}", "no such tenant in [tenants]")
+        for name in rate_names:
+            _validate_rate(getattr(overrides, name), f"limits.tenants.{tenant_id}.{name}", fail)
+        if overrides.max_concurrent is not None and overrides.max_concurrent < 1:
+            raise fail(f"limits.tenants.{tenant_id}.max_concurrent", "must be at least 1")
+    _validate_rate(limits.per_customer, "limits.per_customer", fail)
+    _validate_rate(limits.per_customer_ip, "limits.per_customer_ip", fail)
+    if not limits.redis_key_prefix:
+        raise fail("limits.redis_key_prefix", "must not be empty")
+    if limits.redis_max_connections < 1:
+        raise fail("limits.redis_max_connections", "must be at least 1")
+    for key in ("redis_timeout", "redis_fallback"):
+        if getattr(limits, key) <= 0:
+            raise fail(f"limits.{key}", "must be positive")
+    _validate_shedding_and_input(limits, fail)
+
+
+def _validate_shedding_and_input(limits: LimitSettings, fail: Callable[[str, str], ConfigError]) -> None:
+    shedding = limits.shedding
+    if shedding.lag_interval <= 0:
+        raise fail("limits.shedding.lag_interval", "must be positive")
+    for name in ("read", "write", "payment_write"):
+        threshold: ShedThreshold = getattr(shedding, name)
+        if threshold.lag <= 0:
+            raise fail(f"limits.shedding.{name}.lag", "must be positive")
+        if threshold.inflight < 0:
+            raise fail(f"limits.shedding.{name}.inflight", "must not be negative")
+    inputs = limits.input
+    for key in ("header_timeout", "body_timeout"):
+        if getattr(inputs, key) <= 0:
+            raise fail(f"limits.input.{key}", "must be positive")
+    for key, low in (
+        ("max_json_depth", 2),
+        ("max_json_string_bytes", 64),
+        ("max_line_size", 256),
+        ("max_field_size", 256),
+        ("max_headers", 8),
+    ):
+        if getattr(inputs, key) < low:
+            raise fail(f"limits.input.{key}", f"must be at least {low}")

@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from config.settings import Settings
+from connectors.base import PaymentConnector
+from connectors.inprocess import InProcessConnector
 from crypto.audit_chain import load_seal_key
+from crypto.keyring import load_kek
 from crypto.pki import PkiPaths
 from gateway import ops
-from gateway.api import ping
-from gateway.keys import DB_POOL, METRICS, SETTINGS, TLS
+from gateway.api import accounts, events, openapi, payments, ping, refunds, tokens
+from gateway.keys import CONNECTORS, DB_POOL, KEYRING, METRICS, PAYMENTS, REFUNDS, SETTINGS, TLS
 from gateway.metrics import Metrics
 from gateway.middlewares import context_middleware, error_middleware, identity_middleware
+from gateway.services.payments import PaymentService
+from gateway.services.refunds import RefundService
 from gateway.store.db import open_pool
+from gateway.store.keyring import KeyringCache
 from gateway.tls import TlsContextHolder
+from gateway.traffic import traffic_context, traffic_middleware
 from gateway.workers.audit_sealer import run_sealer
+from gateway.workers.resolver import run_resolver
 from gateway.workers.tasks import background
 
 VERSION = "0.1.0"
+# New encryption picks up a key rotated by another process within this many seconds.
+KEYRING_MAX_AGE = 60.0
+RESOLVER_INTERVAL = 0.5
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -37,6 +49,22 @@ async def _audit_sealer(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _payments(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    keyring = KeyringCache(load_kek(settings.keys_dir, os.environ), max_age=KEYRING_MAX_AGE)
+    async with app[DB_POOL].acquire() as conn:
+        await keyring.refresh(conn)  # creates the first data keys on a new database
+    app[KEYRING] = keyring
+    # Until the network sandbox connectors land, every method routes to the in-process connector.
+    connectors: dict[str, PaymentConnector] = {"inprocess": InProcessConnector()}
+    routing = {method: "inprocess" for method in ("card", "bank_transfer", "wallet", "prepaid")}
+    app[CONNECTORS] = connectors
+    app[PAYMENTS] = PaymentService(app[DB_POOL], keyring, connectors, routing)
+    app[REFUNDS] = RefundService(app[DB_POOL], connectors)
+    async with background(run_resolver(app[PAYMENTS], RESOLVER_INTERVAL), name="resolver"):
+        yield
+
+
 async def _tls(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     holder = TlsContextHolder(PkiPaths(settings.pki_dir), app[METRICS])
@@ -48,7 +76,7 @@ async def _tls(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
     """The client API. Resources (pool, TLS material, background loops) live in cleanup_ctx."""
     app = web.Application(
-        middlewares=[context_middleware, error_middleware, identity_middleware],
+        middlewares=[context_middleware, error_middleware, identity_middleware, traffic_middleware],
         client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -56,8 +84,16 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app[METRICS].build_info.labels(version=VERSION).set(1)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_audit_sealer)
+    app.cleanup_ctx.append(_payments)
     app.cleanup_ctx.append(_tls)
+    app.cleanup_ctx.append(traffic_context)  # limiter storage (Redis pool) and the lag monitor
     ping.setup(app)
+    payments.setup(app)
+    tokens.setup(app)
+    refunds.setup(app)
+    accounts.setup(app)
+    events.setup(app)
+    openapi.setup(app)
     return app
 
 

@@ -10,6 +10,7 @@ import asyncpg
 
 from config.settings import ConfigError, Settings, load_settings
 from crypto.audit_chain import AuditChainError
+from crypto.keyring import KeyringError
 from crypto.pki import PkiError, PkiPaths, init_pki, issue_client, revoke_client
 from gateway.store.migrate import MigrationError
 
@@ -37,6 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--days", type=int, default=365)
     revoke = pki_commands.add_parser("revoke", help="revoke a client certificate (CRL rewritten)")
     revoke.add_argument("name")
+
+    keys = commands.add_parser("keys", help="data-encryption keys of the card vault")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = keys_commands.add_parser(
+        "rotate",
+        help="new key version for new data; re-wraps every data key (under PAYHUB_NEW_KEK when set); "
+        "old ciphertexts stay readable",
+    )
+    rotate.add_argument("--purpose", choices=["pan", "fingerprint"], default="pan")
 
     audit = commands.add_parser("audit", help="tamper-evident audit trail")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
@@ -94,6 +104,42 @@ async def _report_schema(pool: asyncpg.Pool) -> int:
     return 0
 
 
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from crypto.keyring import KEK_ENV, load_kek
+    from gateway.audit import record
+    from gateway.store.keyring import rotate
+
+    kek = load_kek(settings.keys_dir, os.environ)
+    # A KEK change: the new one comes in PAYHUB_NEW_KEK; afterwards every process runs with PAYHUB_KEK=<new>.
+    new_kek = (
+        load_kek(settings.keys_dir, {KEK_ENV: os.environ["PAYHUB_NEW_KEK"]})
+        if "PAYHUB_NEW_KEK" in os.environ
+        else None
+    )
+
+    async def run(pool: asyncpg.Pool) -> int:
+        async with pool.acquire() as conn:
+            kid = await rotate(conn, kek, purpose=args.purpose, new_kek=new_kek)
+            await record(
+                conn,
+                actor="payhub-cli",
+                action="keys.rotate",
+                outcome="success",
+                object_id=f"dek:{kid}",
+                details={"purpose": args.purpose, "kek": (new_kek or kek).kek_id},
+            )
+            total = await conn.fetchval("SELECT count(*) FROM data_keys")
+        print(
+            f"new {args.purpose} key version {kid}; "
+            f"{total} data keys wrapped under KEK {(new_kek or kek).kek_id}"
+        )
+        return 0
+
+    return _with_database(settings, run)
+
+
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
     from crypto.audit_chain import load_seal_key
     from gateway.store.audit import verify_chain
@@ -133,11 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _with_database(settings, _report_schema)
         if args.command == "audit":
             return _audit(settings, args)
+        if args.command == "keys":
+            return _keys(settings, args)
         from gateway.server import serve_forever
 
         serve_forever(settings, workers=args.workers)
         return 0
-    except (ConfigError, PkiError, AuditChainError, MigrationError) as exc:
+    except (ConfigError, PkiError, AuditChainError, MigrationError, KeyringError) as exc:
         print(f"payhub: {exc}", file=sys.stderr)
         return 2
 

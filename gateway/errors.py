@@ -8,7 +8,8 @@
     │   └── Conflict              409 invalid_request_error (illegal state transition)
     ├── AuthenticationFailed      403 authentication_error (certificate identity not accepted)
     ├── PermissionDenied          403 permission_error (role may not use the route)
-    ├── IdempotencyFailed         409/422 idempotency_error
+    ├── IdempotencyFailed         422 idempotency_error / idempotency_key_reused
+    │   └── IdempotencyInProgress 409 idempotency_error / request_in_progress
     ├── RateLimited               429 rate_limit_error (+ Retry-After)
     ├── Unavailable               503 api_error (+ Retry-After): shed load, dependency down
     └── InternalError             500 api_error (never carries details)
@@ -93,6 +94,11 @@ class IdempotencyFailed(ApiError):
     status = 422
     type = "idempotency_error"
     default_code = "idempotency_key_reused"
+
+
+class IdempotencyInProgress(IdempotencyFailed):
+    status = 409
+    default_code = "request_in_progress"
 
 
 class RateLimited(ApiError):

@@ -6,17 +6,37 @@ import asyncpg
 from aiohttp import web
 
 from config.settings import Settings
+from connectors.base import PaymentConnector
 from gateway.identity import Identity
 from gateway.metrics import Metrics
+from gateway.services.payments import PaymentService
+from gateway.services.refunds import RefundService
+from gateway.store.keyring import KeyringCache
 from gateway.tls import TlsContextHolder
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 TLS = web.AppKey("tls", TlsContextHolder)
+KEYRING = web.AppKey("keyring", KeyringCache)
+CONNECTORS = web.AppKey("connectors", dict[str, PaymentConnector])
+PAYMENTS = web.AppKey("payments", PaymentService)
+REFUNDS = web.AppKey("refunds", RefundService)
 
 # Request-scoped values (set by middlewares).
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY = web.RequestKey("identity", Identity)
 
-__all__ = ["DB_POOL", "IDENTITY", "METRICS", "REQUEST_ID", "SETTINGS", "TLS", "Identity"]
+__all__ = [
+    "CONNECTORS",
+    "DB_POOL",
+    "IDENTITY",
+    "KEYRING",
+    "METRICS",
+    "PAYMENTS",
+    "REFUNDS",
+    "REQUEST_ID",
+    "SETTINGS",
+    "TLS",
+    "Identity",
+]

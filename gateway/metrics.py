@@ -80,6 +80,42 @@ class Metrics:
             "Requests refused because the certificate identity is not accepted",
             registry=r,
         )
+        # Traffic protection (gateway/traffic, docs/traffic.md).
+        self.rate_limited_requests = Counter(
+            "payhub_rate_limited_requests",
+            "Requests refused with 429 by limiter (tenant, customer, customer_ip, concurrency), route class",
+            ["limiter", "route_class"],
+            registry=r,
+        )
+        self.rate_limit_storage_errors = Counter(
+            "payhub_rate_limit_storage_errors",
+            "Rate-limit storage (Redis) failures; limits fell back to per-process memory (fail open)",
+            registry=r,
+        )
+        self.shed_requests = Counter(
+            "payhub_shed_requests",
+            "Requests refused with 503 by the load shedder, by route class",
+            ["route_class"],
+            registry=r,
+        )
+        self.inflight_requests = Gauge(
+            "payhub_inflight_requests",
+            "Authenticated requests in progress (sampled by the lag monitor)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.event_loop_lag = Gauge(
+            "payhub_event_loop_lag_seconds",
+            "Smoothed event-loop lag (EWMA of timer overshoot) used by the load shedder",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.refused_requests = Counter(
+            "payhub_refused_requests",
+            "Hostile or malformed input refused before a handler ran, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "payhub_build_info",
             "Build information",

@@ -22,6 +22,7 @@ from gateway.keys import METRICS, TLS
 from gateway.logs import configure_logging, get_logger
 from gateway.store.db import open_pool
 from gateway.tls import HandshakeLimits, MtlsSite
+from gateway.traffic import guarded_handler_factory
 
 log = get_logger("gateway.server")
 
@@ -62,12 +63,15 @@ async def start_gateway(settings: Settings, *, reuse_port: bool = False) -> Runn
     """Migrate, open the pool and TLS material, and start both listeners."""
     check_pki(settings)
     api = create_app(settings)
-    api_runner = web.AppRunner(
-        api,
-        access_log=None,  # the context middleware logs through structlog instead
-        shutdown_timeout=settings.server.shutdown_timeout,
-        keepalive_timeout=settings.server.keepalive_timeout,
-    )
+    inputs = settings.limits.input
+    handler_kwargs: dict[str, Any] = {
+        "access_log": None,  # the context middleware logs through structlog instead
+        "keepalive_timeout": settings.server.keepalive_timeout,
+        "max_line_size": inputs.max_line_size,
+        "max_field_size": inputs.max_field_size,
+        "max_headers": inputs.max_headers,
+    }
+    api_runner = web.AppRunner(api, shutdown_timeout=settings.server.shutdown_timeout, **handler_kwargs)
     await api_runner.setup()
     ops_runner = web.AppRunner(create_ops_app(api), access_log=None)
     await ops_runner.setup()
@@ -82,6 +86,9 @@ async def start_gateway(settings: Settings, *, reuse_port: bool = False) -> Runn
             metrics=api[METRICS],
             limits=HandshakeLimits(timeout=settings.server.tls_handshake_timeout),
             reuse_port=reuse_port,
+            protocol_factory=guarded_handler_factory(
+                api_runner, head_timeout=inputs.header_timeout, metrics=api[METRICS], **handler_kwargs
+            ),
         )
         await api_site.start()
         ops_host, ops_port = split_hostport(settings.server.ops_listen, key="server.ops_listen")

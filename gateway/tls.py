@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,9 +130,12 @@ class MtlsSite(web.BaseSite):
         limits: HandshakeLimits,
         reuse_port: bool = False,
         backlog: int = 1024,
+        protocol_factory: Callable[[], asyncio.BaseProtocol] | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host, self._port = host, port
+        # The HTTP protocol per connection; by default the runner's (see gateway.traffic.protocol).
+        self._protocol_factory = protocol_factory
         self._tls, self._metrics, self._limits = tls, metrics, limits
         self._reuse_port = reuse_port
         self._slots = asyncio.Semaphore(limits.max_concurrent)
@@ -196,7 +200,7 @@ class MtlsSite(web.BaseSite):
             try:
                 # The handshake completes (or fails) before the HTTP protocol sees the connection.
                 await loop.connect_accepted_socket(
-                    server,
+                    self._protocol_factory or server,
                     conn,
                     ssl=self._tls.context,
                     ssl_handshake_timeout=self._limits.timeout,

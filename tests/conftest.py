@@ -21,8 +21,9 @@ configure_logging("warning")
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return postgres.admin_url(tmp_path_factory.mktemp("embedded"))
+def pg_admin_url() -> Iterator[str]:
+    with postgres.admin_url() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,8 @@ class InProcessConnector:
     def __init__(
         self, *, settle_after: float = SETTLE_AFTER, slow_card_delay: float = SLOW_CARD_DELAY
     ) -> None:
-        self._settle_after = settle_after
+        # Public: tests pin asynchronous payments in flight by raising it.
+        self.settle_after = settle_after
         self._slow_card_delay = slow_card_delay
         self._results: dict[str, ConnectorResult] = {}
         self._started: dict[str, float] = {}
@@ -129,7 +130,7 @@ class InProcessConnector:
             )
         if known.outcome in (Outcome.PENDING, Outcome.REQUIRES_ACTION):
             started = self._started.get(attempt_id, 0.0)
-            if time.monotonic() - started >= self._settle_after:
+            if time.monotonic() - started >= self.settle_after:
                 settled = ConnectorResult(Outcome.SUCCEEDED, known.reference)
                 self._results[attempt_id] = settled
                 self.charges[attempt_id] += 1

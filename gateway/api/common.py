@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import msgspec
@@ -26,11 +27,27 @@ async def read_json(request: web.Request, model: type[T]) -> T:
     try:
         return msgspec.json.decode(body or b"{}", type=model)
     except msgspec.ValidationError as exc:
-        message, _, where = str(exc).partition(" - at `")
-        param = where.rstrip("`").removeprefix("$.").removeprefix("$") or None
-        raise errors.InvalidRequest(message, code="parameter_invalid", param=param) from exc
+        message, code, param = describe_validation_error(exc)
+        raise errors.InvalidRequest(message, code=code, param=param) from exc
     except msgspec.DecodeError as exc:
         raise errors.InvalidRequest("Request body is not valid JSON.", code="invalid_json") from exc
+
+
+_FIELD_IN_MESSAGE = re.compile(r"^Object (contains unknown|missing required) field `([^`]*)`$")
+
+
+def describe_validation_error(exc: msgspec.ValidationError) -> tuple[str, str, str | None]:
+    """msgspec's message → (message, code, param) with ``param`` as a dotted path ("payment_method.card")."""
+    message, _, where = str(exc).partition(" - at `")
+    path = where.rstrip("`").removeprefix("$").removeprefix(".")
+    path = re.sub(r"\[(\d+)\]", r".\1", path)  # list indexes as path segments: metadata.items.0
+    match = _FIELD_IN_MESSAGE.match(message)
+    if match is None:
+        return message, "parameter_invalid", path or None
+    field = ".".join(part for part in (path, match[2]) if part)
+    if match[1] == "missing required":
+        return f"Missing required parameter: {field}.", "parameter_missing", field
+    return f"Received unknown parameter: {field}.", "parameter_unknown", field
 
 
 def json_response(data: Any, *, status: int = 200) -> web.Response:

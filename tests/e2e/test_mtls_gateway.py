@@ -143,7 +143,7 @@ async def test_error_shape_for_refused_requests(settings: Settings, pki: PkiPath
                 session.post(f"{base}/v1/ping", json={"colour": "x"}),
                 400,
                 "invalid_request_error",
-                "parameter_invalid",
+                "parameter_unknown",
             ),
             (
                 session.post(

@@ -46,3 +46,13 @@ async def client(pki: PkiPaths, name: str, **kwargs: object) -> AsyncIterator[ai
     connector = aiohttp.TCPConnector(ssl=client_context(pki, name, **kwargs))  # type: ignore[arg-type]
     async with aiohttp.ClientSession(connector=connector) as session:
         yield session
+
+
+def hold_async_settlement(running: RunningGateway) -> None:
+    """Keep wallet and bank-transfer payments in flight (requires_action / processing) for the test."""
+    from connectors.inprocess import InProcessConnector
+    from gateway.keys import CONNECTORS
+
+    connector = running.api[CONNECTORS]["inprocess"]
+    assert isinstance(connector, InProcessConnector)
+    connector.settle_after = float("inf")

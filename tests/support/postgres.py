@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -18,22 +21,29 @@ from gateway.store.embedded import with_database
 from gateway.store.migrate import migrate
 
 
-def admin_url(tmp_root: Path) -> str:
-    """The machine's server when PAYHUB_DATABASE_URL is set, else an embedded one under ``tmp_root``."""
+@contextmanager
+def admin_url() -> Iterator[str]:
+    """The machine's server when PAYHUB_DATABASE_URL is set, else an embedded one for this session.
+
+    The embedded data directory lives outside pytest's numbered temp dirs: pytest deletes old
+    ones, which would pull the cluster out from under a concurrent run. As root, pgserver runs
+    PostgreSQL as its own user, so the directory must be reachable by it (0755).
+    """
     configured = os.environ.get("PAYHUB_DATABASE_URL")
     if configured:
-        return configured
+        yield configured
+        return
     import pgserver
 
-    # As root, pgserver runs PostgreSQL as its own user, which must be able to reach the data
-    # directory; pytest's temporary root is private (0700), so open the path down to it.
-    for directory in (tmp_root, *tmp_root.parents):
-        if directory == Path(tempfile.gettempdir()):
-            break
-        directory.chmod(directory.stat().st_mode | 0o711)
-    server = pgserver.get_server(tmp_root / "pg", cleanup_mode="stop")
-    url: str = server.get_uri()
-    return url
+    root = Path(tempfile.mkdtemp(prefix="payhub-test-pg-"))
+    root.chmod(0o755)
+    try:
+        server = pgserver.get_server(root / "pg", cleanup_mode="stop")
+        url: str = server.get_uri()
+        yield url
+        server.cleanup()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def _admin(url: str, sql: str) -> None:

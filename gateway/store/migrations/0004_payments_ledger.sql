@@ -41,6 +41,7 @@ CREATE TABLE payments (
     bill                jsonb,
     bill_posting        jsonb,
     fx_quote            text,
+    destination_account text,             -- a top-up: captured funds go to this stored balance
     description         text,
     metadata            jsonb NOT NULL DEFAULT '{}'::jsonb,
     connector           text,

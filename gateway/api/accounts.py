@@ -1,0 +1,114 @@
+"""``/v1/accounts``: stored balances, their ledger statement, and top-ups."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from gateway import errors
+from gateway.api import schemas
+from gateway.api.common import json_response, read_json
+from gateway.api.lists import page_params, render_list
+from gateway.api.payments import keyed_request, outcome_response
+from gateway.api.render import timestamp
+from gateway.keys import DB_POOL, PAYMENTS
+from gateway.middlewares import require_identity
+from gateway.services.payments import money
+from gateway.store import ledger
+
+
+def render_account(account: ledger.Account) -> schemas.Account:
+    return schemas.Account(
+        id=account.id,
+        currency=account.currency,
+        customer=account.customer_id,
+        balance=schemas.Balance(available=account.available, pending=account.pending),
+        metadata=orjson.loads(account.metadata),
+        created=timestamp(account.created),
+    )
+
+
+def render_entry(entry: ledger.Entry) -> schemas.LedgerEntry:
+    return schemas.LedgerEntry(
+        id=f"le_{entry.id}",
+        transaction=entry.transaction_id,
+        type=entry.kind,
+        amount=entry.amount,
+        currency=entry.currency,
+        bucket="pending" if entry.bucket == "pending" else "available",
+        payment=entry.payment_id,
+        refund=entry.refund_id,
+        created=timestamp(entry.created),
+    )
+
+
+async def create_account(request: web.Request) -> web.Response:
+    identity = require_identity(request)
+    params = await read_json(request, schemas.CreateAccountRequest)
+    _, currency = money(1, params.currency)
+    async with request.app[DB_POOL].acquire() as conn:
+        account = await ledger.create_customer_account(
+            conn,
+            tenant=identity.tenant,
+            currency=currency,
+            customer_id=params.customer,
+            metadata=orjson.dumps(params.metadata).decode(),
+        )
+    return json_response(render_account(account))
+
+
+async def _account(request: web.Request) -> ledger.Account:
+    identity = require_identity(request)
+    account_id = request.match_info["id"]
+    async with request.app[DB_POOL].acquire() as conn:
+        account = await ledger.get_customer_account(conn, tenant=identity.tenant, account_id=account_id)
+    if account is None:
+        raise errors.NotFound(f"No such account: '{account_id}'.", param="id")
+    return account
+
+
+async def get_account(request: web.Request) -> web.Response:
+    return json_response(render_account(await _account(request)))
+
+
+def _entry_cursor(value: str | None, param: str) -> int | None:
+    if value is None:
+        return None
+    number = value.removeprefix("le_")
+    if not number.isdigit():
+        raise errors.NotFound(f"No such ledger entry: '{value}'.", param=param)
+    return int(number)
+
+
+async def list_entries(request: web.Request) -> web.Response:
+    account = await _account(request)
+    page = page_params(request)
+    async with request.app[DB_POOL].acquire() as conn:
+        entries = await ledger.list_entries(
+            conn,
+            account_id=account.id,
+            limit=page.limit + 1,
+            before_id=_entry_cursor(page.starting_after, "starting_after"),
+            after_id=_entry_cursor(page.ending_before, "ending_before"),
+        )
+    has_more = len(entries) > page.limit
+    # Both queries return newest first; the surplus row is the one furthest from the cursor.
+    entries = entries[-page.limit :] if page.ending_before else entries[: page.limit]
+    return render_list([render_entry(e) for e in entries], has_more, f"/v1/accounts/{account.id}/entries")
+
+
+async def create_topup(request: web.Request) -> web.Response:
+    identity = require_identity(request)
+    params = await read_json(request, schemas.CreateTopupRequest)
+    keyed = await keyed_request(request, identity.tenant)
+    outcome = await request.app[PAYMENTS].topup(
+        identity, request.match_info["id"], params, keyed, request.remote
+    )
+    return outcome_response(outcome)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/accounts", create_account)
+    app.router.add_get("/v1/accounts/{id}", get_account)
+    app.router.add_get("/v1/accounts/{id}/entries", list_entries)
+    app.router.add_post("/v1/accounts/{id}/topups", create_topup)

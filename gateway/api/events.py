@@ -1,0 +1,81 @@
+"""``/v1/events``: the event log webhooks carry, newest first, tenant-scoped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import errors
+from gateway.api import schemas
+from gateway.api.common import json_response
+from gateway.api.lists import page_params, render_list
+from gateway.api.render import timestamp
+from gateway.keys import DB_POOL
+from gateway.middlewares import require_identity
+from gateway.store import events as store
+
+# Longer values cannot match anything stored; refusing them keeps junk out of the query.
+MAX_TYPE_LENGTH = 100
+MAX_OBJECT_ID_LENGTH = 64
+
+
+def render_event(row: Any) -> schemas.Event:
+    """``data.object`` is the object as it was when the event happened (Stripe's shape)."""
+    return schemas.Event(
+        id=row["id"],
+        type=row["type"],
+        data={"object": orjson.loads(row["data"])},
+        created=timestamp(row["created"]),
+    )
+
+
+def _text(request: web.Request, name: str, max_length: int) -> str | None:
+    value = request.query.get(name)
+    if value is not None and not 0 < len(value) <= max_length:
+        raise errors.InvalidRequest(f"{name} must be 1 to {max_length} characters.", param=name)
+    return value
+
+
+async def get_event(request: web.Request) -> web.Response:
+    identity = require_identity(request)
+    event_id = request.match_info["id"]
+    async with request.app[DB_POOL].acquire() as conn:
+        row = await store.get_event(conn, tenant=identity.tenant, event_id=event_id)
+    if row is None:
+        raise errors.NotFound(f"No such event: '{event_id}'.", param="id")
+    return json_response(render_event(row))
+
+
+async def list_events(request: web.Request) -> web.Response:
+    identity = require_identity(request)
+    page = page_params(request)
+    filters = store.EventFilters(
+        type=_text(request, "type", MAX_TYPE_LENGTH),
+        object_id=_text(request, "object", MAX_OBJECT_ID_LENGTH),
+    )
+    cursor = page.starting_after or page.ending_before
+    async with request.app[DB_POOL].acquire() as conn:
+        rows, has_more = await store.list_events(
+            conn,
+            tenant=identity.tenant,
+            filters=filters,
+            limit=page.limit,
+            starting_after=page.starting_after,
+            ending_before=page.ending_before,
+        )
+        # An empty page is either the end of the list or a cursor that is not the caller's.
+        if (
+            cursor is not None
+            and not rows
+            and not await store.event_exists(conn, tenant=identity.tenant, event_id=cursor)
+        ):
+            param = "starting_after" if page.starting_after else "ending_before"
+            raise errors.NotFound(f"No such event: '{cursor}'.", param=param)
+    return render_list([render_event(row) for row in rows], has_more, "/v1/events")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/v1/events", list_events)
+    app.router.add_get("/v1/events/{id}", get_event)

@@ -1,0 +1,40 @@
+"""List conventions (Stripe's): ``limit`` 1 to 100 (default 10), ``starting_after`` / ``ending_before``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gateway import errors
+from gateway.api import schemas
+from gateway.api.common import json_response
+
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    limit: int
+    starting_after: str | None
+    ending_before: str | None
+
+
+def page_params(request: web.Request) -> Page:
+    raw = request.query.get("limit", str(DEFAULT_LIMIT))
+    # fullmatch on ASCII digits: str.isdigit() also accepts "²", which int() then refuses.
+    if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise errors.InvalidRequest(f"limit must be an integer between 1 and {MAX_LIMIT}.", param="limit")
+    starting_after = request.query.get("starting_after") or None
+    ending_before = request.query.get("ending_before") or None
+    if starting_after and ending_before:
+        raise errors.InvalidRequest("Use starting_after or ending_before, not both.", param="ending_before")
+    return Page(int(raw), starting_after, ending_before)
+
+
+def render_list(data: Sequence[Any], has_more: bool, url: str) -> web.Response:
+    return json_response(schemas.ListResponse(data=list(data), has_more=has_more, url=url))

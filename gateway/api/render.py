@@ -1,0 +1,72 @@
+"""Database rows → public API objects (the Structs in gateway.api.schemas), encoded once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import orjson
+
+from gateway.api import schemas
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def timestamp(value: datetime) -> str:
+    """RFC 3339 UTC with seconds precision, the way Stripe-style clients expect."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def payment(row: Any) -> schemas.Payment:
+    risk = _json(row["risk"])
+    failure = (
+        schemas.Failure(row["failure_code"], row["failure_message"])
+        if row["failure_code"] is not None
+        else None
+    )
+    return schemas.Payment(
+        id=row["id"],
+        status=row["status"],
+        amount=row["amount"],
+        currency=row["currency"],
+        amount_captured=row["amount_captured"],
+        amount_refunded=row["amount_refunded"],
+        capture_method=row["capture_method"],
+        payment_method=_json(row["payment_method"]),
+        customer=_json(row["customer"]),
+        risk=msgspec.convert(risk, schemas.Risk) if risk is not None else None,
+        next_action=_json(row["next_action"]),
+        bill_posting=_json(row["bill_posting"]),
+        connector=row["connector"],
+        connector_reference=row["connector_reference"],
+        failure=failure,
+        description=row["description"],
+        metadata=_json(row["metadata"]),
+        created=timestamp(row["created"]),
+        updated=timestamp(row["updated"]),
+        destination=row["destination_account"],
+    )
+
+
+def refund(row: Any) -> schemas.Refund:
+    failure = schemas.Failure(row["failure_code"]) if row["failure_code"] is not None else None
+    return schemas.Refund(
+        id=row["id"],
+        payment=row["payment_id"],
+        amount=row["amount"],
+        currency=row["currency"],
+        status=row["status"],
+        reason=row["reason"],
+        failure=failure,
+        metadata=_json(row["metadata"]),
+        created=timestamp(row["created"]),
+    )
+
+
+def encode(value: Any) -> bytes:
+    return _ENCODER.encode(value)

@@ -1,0 +1,249 @@
+"""Request and response schemas (msgspec Structs): the handlers decode with them and the
+OpenAPI document is generated from them, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+Id = Annotated[str, Meta(min_length=4, max_length=64, pattern=r"^[a-z]+_[A-Za-z0-9]+$")]
+Currency = Annotated[str, Meta(min_length=3, max_length=3, pattern=r"^[A-Za-z]{3}$", examples=["CNY"])]
+Amount = Annotated[int, Meta(description="Minor units of the currency (cents, fen; yen have none).")]
+ShortText = Annotated[str, Meta(max_length=200)]
+Metadata = Annotated[
+    dict[Annotated[str, Meta(min_length=1, max_length=40)], Annotated[str, Meta(max_length=500)]],
+    Meta(max_length=50),
+]
+
+
+class Input(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Base of request bodies: unknown fields are refused, naming the field."""
+
+
+# ---- payment methods -------------------------------------------------------------------------
+
+
+class CardInput(Input):
+    number: Annotated[str, Meta(min_length=12, max_length=23, pattern=r"^[0-9 -]+$")] | None = None
+    exp_month: Annotated[int, Meta(ge=1, le=12)] | None = None
+    exp_year: Annotated[int, Meta(ge=2000, le=2100)] | None = None
+    cvc: Annotated[str, Meta(pattern=r"^[0-9]{3,4}$")] | None = None
+    holder_name: ShortText | None = None
+    token: Annotated[str, Meta(pattern=r"^tok_[A-Za-z0-9]{1,64}$")] | None = None
+
+
+class BankTransferInput(Input):
+    account_number: Annotated[str, Meta(pattern=r"^[0-9]{4,34}$")]
+    bank_code: Annotated[str, Meta(max_length=20)] | None = None
+    holder_name: ShortText | None = None
+
+
+class WalletInput(Input):
+    provider: Literal["alipay", "wechat_pay", "paypal"]
+
+
+class BalanceInput(Input):
+    account: Annotated[str, Meta(pattern=r"^acct_[A-Za-z0-9]{1,64}$")]
+
+
+class PrepaidInput(Input):
+    code: Annotated[str, Meta(min_length=1, max_length=40)]
+
+
+MethodType = Literal["card", "bank_transfer", "wallet", "balance", "prepaid"]
+
+
+class PaymentMethodInput(Input):
+    type: MethodType
+    card: CardInput | None = None
+    bank_transfer: BankTransferInput | None = None
+    wallet: WalletInput | None = None
+    balance: BalanceInput | None = None
+    prepaid: PrepaidInput | None = None
+
+
+class CustomerInput(Input):
+    id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    email: Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    phone: Annotated[str, Meta(max_length=20, pattern=r"^\+[0-9]{6,15}$")] | None = None
+    ip: Annotated[str, Meta(max_length=45)] | None = None
+    device_id: Annotated[str, Meta(max_length=64)] | None = None
+    country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")] | None = None
+
+
+class CreatePaymentRequest(Input):
+    amount: Amount
+    currency: Currency
+    payment_method: PaymentMethodInput
+    capture_method: Literal["automatic", "manual"] = "automatic"
+    customer: CustomerInput | None = None
+    description: Annotated[str, Meta(max_length=500)] | None = None
+    metadata: Metadata = msgspec.field(default_factory=dict)
+
+
+class CapturePaymentRequest(Input):
+    amount_to_capture: Amount | None = None
+
+
+class CancelPaymentRequest(Input):
+    cancellation_reason: Literal["duplicate", "fraudulent", "requested_by_customer", "abandoned"] | None = (
+        None
+    )
+
+
+class CreateRefundRequest(Input):
+    payment: Annotated[str, Meta(pattern=r"^pay_[A-Za-z0-9]{1,64}$")]
+    amount: Amount | None = None
+    reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
+    metadata: Metadata = msgspec.field(default_factory=dict)
+
+
+class CreateAccountRequest(Input):
+    currency: Currency
+    customer: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    metadata: Metadata = msgspec.field(default_factory=dict)
+
+
+class CreateTopupRequest(Input):
+    amount: Amount
+    currency: Currency
+    payment_method: PaymentMethodInput
+    description: Annotated[str, Meta(max_length=500)] | None = None
+
+
+class CreateTokenRequest(Input):
+    card: CardInput
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+
+class Failure(Struct):
+    code: str
+    message: str | None = None
+
+
+class Risk(Struct):
+    score: int
+    decision: Literal["allow", "challenge", "review", "block"]
+    reasons: list[dict[str, Any]]
+
+
+class Payment(Struct):
+    id: str
+    status: Literal[
+        "requires_action", "processing", "requires_capture", "under_review", "succeeded", "failed", "canceled"
+    ]
+    amount: int
+    currency: str
+    amount_captured: int
+    amount_refunded: int
+    capture_method: str
+    payment_method: dict[str, Any]
+    customer: dict[str, Any] | None
+    risk: Risk | None
+    next_action: dict[str, Any] | None
+    bill_posting: dict[str, Any] | None
+    connector: str | None
+    connector_reference: str | None
+    failure: Failure | None
+    description: str | None
+    metadata: dict[str, str]
+    created: str
+    updated: str
+    destination: str | None = msgspec.field(default=None)
+    object: str = "payment"
+
+
+class Refund(Struct):
+    id: str
+    payment: str
+    amount: int
+    currency: str
+    status: Literal["pending", "succeeded", "failed"]
+    reason: str | None
+    failure: Failure | None
+    metadata: dict[str, str]
+    created: str
+    object: str = "refund"
+
+
+class Balance(Struct):
+    available: int
+    pending: int
+
+
+class Account(Struct):
+    id: str
+    currency: str
+    customer: str | None
+    balance: Balance
+    metadata: dict[str, str]
+    created: str
+    object: str = "account"
+
+
+class LedgerEntry(Struct):
+    id: str
+    transaction: str
+    type: str
+    amount: int
+    currency: str
+    bucket: Literal["available", "pending"]
+    payment: str | None
+    refund: str | None
+    created: str
+    object: str = "ledger_entry"
+
+
+class CardDisplayOut(Struct):
+    brand: str
+    bin: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+class Token(Struct):
+    id: str
+    type: str
+    card: CardDisplayOut
+    created: str
+    object: str = "token"
+
+
+class Event(Struct):
+    id: str
+    type: str
+    data: dict[str, Any]
+    created: str
+    object: str = "event"
+
+
+class ListResponse(Struct):
+    data: list[Any]
+    has_more: bool
+    url: str
+    object: str = "list"
+
+
+class ErrorBody(Struct):
+    type: Literal[
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "idempotency_error",
+        "rate_limit_error",
+        "payment_error",
+        "api_error",
+    ]
+    code: str
+    message: str
+    request_id: str
+    param: str | None = None
+
+
+class ErrorResponse(Struct):
+    error: ErrorBody

@@ -1,0 +1,1 @@
+"""Domain services: orchestration between the API, the store and the connectors."""

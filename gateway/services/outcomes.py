@@ -1,0 +1,61 @@
+"""Connector answers → payment state changes (pure): one table instead of ifs scattered around."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from connectors.base import ConnectorError, ConnectorResult, Outcome
+from gateway.domain.payment_state import Status
+from gateway.store.payments import PaymentUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    update: PaymentUpdate
+    attempt_status: str  # payment_attempts.status
+    event: str  # event type written to the outbox
+    captured: int  # amount newly captured: the ledger moves exactly this much
+
+
+def after_authorize(result: ConnectorResult, *, amount: int, capture: bool) -> Decision:
+    if result.outcome is Outcome.SUCCEEDED:
+        authorized = result.amount_authorized or amount
+        if capture:
+            captured = result.amount_captured or authorized
+            update = PaymentUpdate(Status.SUCCEEDED, authorized, captured, result.reference)
+            return Decision(update, "succeeded", "payment.succeeded", captured)
+        update = PaymentUpdate(Status.REQUIRES_CAPTURE, authorized, None, result.reference)
+        return Decision(update, "succeeded", "payment.requires_capture", 0)
+    if result.outcome is Outcome.FAILED:
+        code = result.decline_code or "card_declined"
+        update = PaymentUpdate(Status.FAILED, None, None, result.reference, None, code, result.message)
+        return Decision(update, "failed", "payment.failed", 0)
+    if result.outcome is Outcome.REQUIRES_ACTION:
+        action = orjson.dumps(result.next_action).decode() if result.next_action else None
+        update = PaymentUpdate(Status.REQUIRES_ACTION, None, None, result.reference, action)
+        return Decision(update, "pending", "payment.requires_action", 0)
+    update = PaymentUpdate(Status.PROCESSING, None, None, result.reference)
+    return Decision(update, "pending", "payment.processing", 0)
+
+
+def after_error(error: ConnectorError) -> Decision:
+    if not error.outcome_known:
+        # Sent, no answer: money may have moved. Stay processing until sync settles it; never guess.
+        return Decision(PaymentUpdate(Status.PROCESSING), "unknown", "payment.processing", 0)
+    update = PaymentUpdate(Status.FAILED, failure_code=error.code, failure_message=str(error) or None)
+    return Decision(update, "failed", "payment.failed", 0)
+
+
+def after_capture(result: ConnectorResult, *, amount: int) -> Decision:
+    if result.outcome is Outcome.SUCCEEDED:
+        captured = result.amount_captured or amount
+        return Decision(
+            PaymentUpdate(Status.SUCCEEDED, None, captured), "succeeded", "payment.succeeded", captured
+        )
+    if result.outcome is Outcome.FAILED:
+        code = result.decline_code or "capture_failed"
+        update = PaymentUpdate(Status.FAILED, failure_code=code, failure_message=result.message)
+        return Decision(update, "failed", "payment.failed", 0)
+    return Decision(PaymentUpdate(Status.PROCESSING), "pending", "payment.processing", 0)

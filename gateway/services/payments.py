@@ -1,0 +1,796 @@
+"""Payments: create (every method), capture, cancel, refund, and settling unknown outcomes.
+
+Each money-moving request runs in three phases around the connector call (Brandur Leach's
+atomic phases): (1) one transaction records the payment and the attempt and sets the recovery
+point; (2) the connector is called *outside* any transaction, with the attempt id as its
+idempotency reference; (3) one transaction applies the answer: payment and attempt, ledger,
+event, audit and the stored idempotent response. A crash between phases leaves a recovery point
+a retry resumes from, with the same attempt id, so the connector never charges twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from connectors.base import CardData, ConnectorError, PaymentConnector, PaymentRequest
+from connectors.base import Outcome as ConnectorOutcome
+from gateway import errors
+from gateway.api import render, schemas
+from gateway.audit import record as audit
+from gateway.domain.money import MoneyError, check_amount, normalize_currency
+from gateway.domain.payment_state import Status
+from gateway.identity import Identity
+from gateway.ids import new_id
+from gateway.logs import mask_pans
+from gateway.services.idempotent import KeyedRequest, Outcome, run_idempotent
+from gateway.services.outcomes import Decision, after_authorize, after_capture, after_error
+from gateway.store import idempotency, ledger
+from gateway.store import payments as store
+from gateway.store.idempotency import Claimed
+from gateway.store.keyring import KeyringCache
+from gateway.store.types import Connection
+from gateway.store.vault import get_card, reveal_pan, vault_card
+
+RECOVERY_ATTEMPT_CREATED = "attempt_created"
+# Seconds between status inquiries for an attempt, by how many were made (then every 3 minutes).
+RESOLVE_BACKOFF = (1.0, 5.0, 15.0, 30.0, 60.0, 180.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedMethod:
+    """What the connector needs (in memory only) and what may be stored and shown."""
+
+    display: dict[str, Any]
+    card: CardData | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def money(amount: int, currency: str) -> tuple[int, str]:
+    try:
+        return check_amount(amount), normalize_currency(currency)
+    except MoneyError as exc:
+        raise errors.InvalidRequest(str(exc), param=exc.param) from exc
+
+
+def refuse_card_numbers(fields: Mapping[str, str | None]) -> None:
+    """Free-text fields are stored, shown and sent in webhooks in clear: a card number there would
+    leak the PAN past the vault, so such a request is refused (400) before anything is stored."""
+    for param, value in fields.items():
+        if value and mask_pans(value) != value:
+            raise errors.InvalidRequest(
+                f"{param} looks like it contains a card number; card data goes in payment_method.card only.",
+                param=param,
+            )
+
+
+def free_text(params: schemas.CreatePaymentRequest) -> dict[str, str | None]:
+    customer = params.customer
+    fields: dict[str, str | None] = {"description": params.description}
+    if customer is not None:
+        fields |= {
+            "customer.id": customer.id,
+            "customer.email": customer.email,
+            "customer.device_id": customer.device_id,
+        }
+    card = params.payment_method.card
+    if card is not None:
+        fields["payment_method.card.holder_name"] = card.holder_name
+    for key, value in params.metadata.items():
+        fields[f"metadata.{key}"] = f"{key} {value}"
+    return fields
+
+
+def _method_block(method: schemas.PaymentMethodInput) -> Any:
+    block = getattr(method, method.type)
+    if block is None:
+        raise errors.InvalidRequest(
+            f"payment_method.{method.type} is required when payment_method.type is '{method.type}'.",
+            code="parameter_missing",
+            param=f"payment_method.{method.type}",
+        )
+    return block
+
+
+class PaymentService:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        keyring: KeyringCache,
+        connectors: Mapping[str, PaymentConnector],
+        routing: Mapping[str, str],
+    ) -> None:
+        self._pool = pool
+        self._keyring = keyring
+        self._connectors = connectors
+        self._routing = routing
+
+    # ---- create ----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        identity: Identity,
+        params: schemas.CreatePaymentRequest,
+        keyed: KeyedRequest,
+        source: str | None,
+    ) -> Outcome:
+        amount, currency = money(params.amount, params.currency)
+        _method_block(params.payment_method)  # refuse a missing method block before claiming the key
+        refuse_card_numbers(free_text(params))
+
+        async def work(claim: Claimed) -> Outcome:
+            return await self._create(
+                identity, params, amount=amount, currency=currency, claim=claim, keyed=keyed, source=source
+            )
+
+        return await run_idempotent(self._pool, keyed, work)
+
+    async def topup(
+        self,
+        identity: Identity,
+        account_id: str,
+        params: schemas.CreateTopupRequest,
+        keyed: KeyedRequest,
+        source: str | None,
+    ) -> Outcome:
+        """Fund a stored balance from a card or a bank transfer: a payment whose funds go to the account."""
+        amount, currency = money(params.amount, params.currency)
+        if params.payment_method.type not in ("card", "bank_transfer"):
+            raise errors.InvalidRequest(
+                "A top-up is funded by a card or a bank transfer.", param="payment_method.type"
+            )
+        _method_block(params.payment_method)
+        refuse_card_numbers({"description": params.description})
+        async with self._pool.acquire() as conn:
+            account = await ledger.get_customer_account(conn, tenant=identity.tenant, account_id=account_id)
+        if account is None:
+            raise errors.NotFound(f"No such account: '{account_id}'.", param="id")
+        if account.currency != currency:
+            raise errors.InvalidRequest(
+                f"The account holds {account.currency}; the top-up is in {currency}.", param="currency"
+            )
+        payment = schemas.CreatePaymentRequest(
+            amount=amount,
+            currency=currency,
+            payment_method=params.payment_method,
+            customer=schemas.CustomerInput(id=account.customer_id) if account.customer_id else None,
+            description=params.description,
+        )
+
+        async def work(claim: Claimed) -> Outcome:
+            return await self._create(
+                identity,
+                payment,
+                amount=amount,
+                currency=currency,
+                claim=claim,
+                keyed=keyed,
+                source=source,
+                destination=account_id,
+            )
+
+        return await run_idempotent(self._pool, keyed, work)
+
+    async def _create(
+        self,
+        identity: Identity,
+        params: schemas.CreatePaymentRequest,
+        *,
+        amount: int,
+        currency: str,
+        claim: Claimed,
+        keyed: KeyedRequest,
+        source: str | None,
+        destination: str | None = None,
+    ) -> Outcome:
+        tenant = identity.tenant
+        method = params.payment_method
+        if method.type == "balance":
+            return await self._create_balance_payment(
+                identity, params, amount=amount, currency=currency, keyed=keyed, source=source
+            )
+        connector_name = self._routing.get(method.type)
+        connector = self._connectors.get(connector_name or "")
+        if connector is None:
+            raise errors.InvalidRequest(
+                f"No connector is configured for {method.type} payments.", param="payment_method.type"
+            )
+        prepared = await self._prepare(tenant, method)
+        async with self._pool.acquire() as conn:
+            if claim.recovery_point == RECOVERY_ATTEMPT_CREATED and claim.object_id:
+                payment_id = claim.object_id
+                attempt = await store.latest_attempt(conn, payment_id=payment_id, operation="authorize")
+                assert attempt is not None  # written in the same transaction as the recovery point
+                attempt_id = attempt["id"]
+            else:
+                payment_id, attempt_id = new_id("pay"), new_id("att")
+                customer = params.customer
+                async with conn.transaction():
+                    await store.insert_payment(
+                        conn,
+                        store.NewPayment(
+                            id=payment_id,
+                            tenant=tenant,
+                            amount=amount,
+                            currency=currency,
+                            method=method.type,
+                            payment_method=orjson.dumps(prepared.display).decode(),
+                            capture_method=params.capture_method,
+                            customer_id=customer.id if customer else None,
+                            customer=_customer_json(customer),
+                            description=params.description,
+                            metadata=orjson.dumps(params.metadata).decode(),
+                            connector=connector.name,
+                            destination_account=destination,
+                        ),
+                    )
+                    await store.insert_attempt(
+                        conn,
+                        attempt_id=attempt_id,
+                        payment_id=payment_id,
+                        tenant=tenant,
+                        operation="authorize",
+                        connector=connector.name,
+                        amount=amount,
+                    )
+                    await idempotency.set_recovery_point(
+                        conn,
+                        tenant=tenant,
+                        key=keyed.key,
+                        point=RECOVERY_ATTEMPT_CREATED,
+                        object_id=payment_id,
+                    )
+        capture = params.capture_method == "automatic"
+        request = PaymentRequest(
+            attempt_id=attempt_id,
+            payment_id=payment_id,
+            tenant=tenant,
+            amount=amount,
+            currency=currency,
+            method=method.type,
+            capture=capture,
+            card=prepared.card,
+            details=prepared.details,
+            customer=_customer_dict(params.customer),
+            description=params.description,
+        )
+        try:
+            result = await connector.authorize(request)
+        except ConnectorError as exc:
+            decision = after_error(exc)
+        else:
+            decision = after_authorize(result, amount=amount, capture=capture)
+        return await self._apply(
+            tenant,
+            payment_id,
+            attempt_id,
+            decision,
+            connector=connector.name,
+            currency=currency,
+            keyed=keyed,
+            actor=identity,
+            source=source,
+            action="payment.create",
+        )
+
+    async def _prepare(self, tenant: str, method: schemas.PaymentMethodInput) -> PreparedMethod:
+        block = _method_block(method)
+        if isinstance(block, schemas.CardInput):
+            return await self._prepare_card(tenant, block)
+        if isinstance(block, schemas.BankTransferInput):
+            display = {"type": "bank_transfer", "bank_transfer": {"last4": block.account_number[-4:]}}
+            return PreparedMethod(display, details={"account_number": block.account_number})
+        if isinstance(block, schemas.WalletInput):
+            return PreparedMethod(
+                {"type": "wallet", "wallet": {"provider": block.provider}},
+                details={"provider": block.provider},
+            )
+        if isinstance(block, schemas.PrepaidInput):
+            return PreparedMethod(
+                {"type": "prepaid", "prepaid": {"last4": block.code[-4:]}}, details={"code": block.code}
+            )
+        raise errors.InvalidRequest("Unsupported payment method.", param="payment_method.type")
+
+    async def _prepare_card(self, tenant: str, card: schemas.CardInput) -> PreparedMethod:
+        async with self._pool.acquire() as conn:
+            if card.token is not None:
+                if card.number is not None:
+                    raise errors.InvalidRequest(
+                        "Send either card.token or card.number, not both.", param="payment_method.card.token"
+                    )
+                stored = await get_card(conn, tenant=tenant, token_id=card.token)
+                pan = (
+                    await reveal_pan(conn, self._keyring, tenant=tenant, token_id=card.token)
+                    if stored
+                    else None
+                )
+                if stored is None or pan is None:
+                    raise errors.NotFound(
+                        f"No such token: '{card.token}'.", param="payment_method.card.token"
+                    )
+            else:
+                if card.number is None or card.exp_month is None or card.exp_year is None:
+                    missing = next(f for f in ("number", "exp_month", "exp_year") if getattr(card, f) is None)
+                    raise errors.InvalidRequest(
+                        f"payment_method.card.{missing} is required.",
+                        code="parameter_missing",
+                        param=f"payment_method.card.{missing}",
+                    )
+                keyring = await self._keyring.current(conn)
+                try:
+                    stored = await vault_card(
+                        conn,
+                        keyring,
+                        tenant=tenant,
+                        pan=card.number,
+                        exp_month=card.exp_month,
+                        exp_year=card.exp_year,
+                    )
+                except ValueError as exc:
+                    raise errors.InvalidRequest(
+                        str(exc), code="invalid_card", param="payment_method.card"
+                    ) from exc
+                pan = "".join(ch for ch in card.number if ch.isdigit())
+        d = stored.display
+        display = {
+            "type": "card",
+            "card": {
+                "brand": d.brand,
+                "bin": d.bin,
+                "last4": d.last4,
+                "exp_month": d.exp_month,
+                "exp_year": d.exp_year,
+                "token": stored.token_id,
+            },
+        }
+        data = CardData(pan, d.exp_month, d.exp_year, card.cvc, card.holder_name)
+        return PreparedMethod(display, card=data)
+
+    async def _create_balance_payment(
+        self,
+        identity: Identity,
+        params: schemas.CreatePaymentRequest,
+        *,
+        amount: int,
+        currency: str,
+        keyed: KeyedRequest,
+        source: str | None,
+    ) -> Outcome:
+        """A stored-balance payment is a ledger move: no connector, one transaction."""
+        tenant = identity.tenant
+        account_id = _method_block(params.payment_method).account
+        payment_id = new_id("pay")
+        async with self._pool.acquire() as conn, conn.transaction():
+            account = await ledger.get_customer_account(conn, tenant=tenant, account_id=account_id)
+            if account is None:
+                raise errors.NotFound(
+                    f"No such account: '{account_id}'.", param="payment_method.balance.account"
+                )
+            if account.currency != currency:
+                raise errors.InvalidRequest(
+                    f"The account holds {account.currency}; the payment is in {currency}.", param="currency"
+                )
+            customer = params.customer
+            await store.insert_payment(
+                conn,
+                store.NewPayment(
+                    id=payment_id,
+                    tenant=tenant,
+                    amount=amount,
+                    currency=currency,
+                    method="balance",
+                    payment_method=orjson.dumps(
+                        {"type": "balance", "balance": {"account": account_id}}
+                    ).decode(),
+                    capture_method="automatic",
+                    customer_id=customer.id if customer else account.customer_id,
+                    customer=_customer_json(customer),
+                    description=params.description,
+                    metadata=orjson.dumps(params.metadata).decode(),
+                    connector=None,
+                ),
+            )
+            clearing = ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
+            try:
+                async with conn.transaction():  # savepoint: an overdraft fails the payment, not the request
+                    await ledger.post(
+                        conn,
+                        tenant=tenant,
+                        kind="payment",
+                        moves=[ledger.Move(account_id, clearing, amount, currency)],
+                        payment_id=payment_id,
+                    )
+            except ledger.InsufficientFunds:
+                decision = Decision(
+                    store.PaymentUpdate(
+                        Status.FAILED, failure_code="insufficient_funds", failure_message="Balance too low."
+                    ),
+                    "failed",
+                    "payment.failed",
+                    0,
+                )
+            else:
+                decision = Decision(
+                    store.PaymentUpdate(Status.SUCCEEDED, amount, amount), "succeeded", "payment.succeeded", 0
+                )
+            return await self._apply_in(
+                conn,
+                tenant,
+                payment_id,
+                None,
+                decision,
+                connector=None,
+                currency=currency,
+                keyed=keyed,
+                actor=identity,
+                source=source,
+                action="payment.create",
+            )
+
+    # ---- capture / cancel ------------------------------------------------------------------
+
+    async def capture(
+        self, identity: Identity, payment_id: str, amount: int | None, keyed: KeyedRequest, source: str | None
+    ) -> Outcome:
+        async def work(claim: Claimed) -> Outcome:
+            tenant = identity.tenant
+            async with self._pool.acquire() as conn, conn.transaction():
+                row = await store.claim_status(
+                    conn,
+                    tenant=tenant,
+                    payment_id=payment_id,
+                    allowed=[Status.REQUIRES_CAPTURE],
+                    target="processing",
+                )
+                if row is None:
+                    raise await self._why_not(conn, tenant, payment_id, "capture")
+                to_capture = row["amount_authorized"] if amount is None else amount
+                if not 0 < to_capture <= row["amount_authorized"]:
+                    raise errors.InvalidRequest(
+                        f"amount_to_capture must be between 1 and {row['amount_authorized']}.",
+                        param="amount_to_capture",
+                    )
+                attempt_id = new_id("att")
+                await store.insert_attempt(
+                    conn,
+                    attempt_id=attempt_id,
+                    payment_id=payment_id,
+                    tenant=tenant,
+                    operation="capture",
+                    connector=row["connector"],
+                    amount=to_capture,
+                )
+                await idempotency.set_recovery_point(
+                    conn, tenant=tenant, key=keyed.key, point=RECOVERY_ATTEMPT_CREATED, object_id=payment_id
+                )
+            connector = self._connectors[row["connector"]]
+            try:
+                result = await connector.capture(
+                    attempt_id=attempt_id,
+                    reference=row["connector_reference"],
+                    amount=to_capture,
+                    currency=row["currency"],
+                )
+            except ConnectorError as exc:
+                decision = after_error(exc)
+                if exc.outcome_known:  # nothing captured: the authorization still stands
+                    decision = Decision(
+                        store.PaymentUpdate(Status.REQUIRES_CAPTURE), "failed", "payment.capture_failed", 0
+                    )
+            else:
+                decision = after_capture(result, amount=to_capture)
+            return await self._apply(
+                tenant,
+                payment_id,
+                attempt_id,
+                decision,
+                connector=row["connector"],
+                currency=row["currency"],
+                keyed=keyed,
+                actor=identity,
+                source=source,
+                action="payment.capture",
+            )
+
+        return await run_idempotent(self._pool, keyed, work)
+
+    async def cancel(
+        self, identity: Identity, payment_id: str, keyed: KeyedRequest, source: str | None
+    ) -> Outcome:
+        async def work(claim: Claimed) -> Outcome:
+            tenant = identity.tenant
+            async with self._pool.acquire() as conn:
+                row = await store.claim_status(
+                    conn,
+                    tenant=tenant,
+                    payment_id=payment_id,
+                    allowed=[Status.REQUIRES_ACTION, Status.UNDER_REVIEW, Status.REQUIRES_CAPTURE],
+                    target="processing",
+                )
+                if row is None:
+                    raise await self._why_not(conn, tenant, payment_id, "cancel")
+            attempt_id = None
+            if row["connector"] is not None and row["connector_reference"] is not None:
+                # Release the authorization (or close the wallet order) at the connector first.
+                attempt_id = new_id("att")
+                async with self._pool.acquire() as conn:
+                    await store.insert_attempt(
+                        conn,
+                        attempt_id=attempt_id,
+                        payment_id=payment_id,
+                        tenant=tenant,
+                        operation="void",
+                        connector=row["connector"],
+                        amount=0,
+                    )
+                try:
+                    await self._connectors[row["connector"]].void(
+                        attempt_id=attempt_id, reference=row["connector_reference"]
+                    )
+                except ConnectorError as exc:
+                    if not exc.outcome_known:
+                        decision = Decision(
+                            store.PaymentUpdate(Status.PROCESSING), "unknown", "payment.processing", 0
+                        )
+                        return await self._apply(
+                            tenant,
+                            payment_id,
+                            attempt_id,
+                            decision,
+                            connector=row["connector"],
+                            currency=row["currency"],
+                            keyed=keyed,
+                            actor=identity,
+                            source=source,
+                            action="payment.cancel",
+                        )
+                    # Nothing changed at the connector: undo our claim so the payment is as it was.
+                    async with self._pool.acquire() as conn:
+                        await store.claim_status(
+                            conn,
+                            tenant=tenant,
+                            payment_id=payment_id,
+                            allowed=["processing"],
+                            target=row["previous_status"],
+                        )
+                    raise errors.Unavailable("The connector could not release the payment; retry.") from exc
+            decision = Decision(store.PaymentUpdate(Status.CANCELED), "succeeded", "payment.canceled", 0)
+            return await self._apply(
+                tenant,
+                payment_id,
+                attempt_id,
+                decision,
+                connector=row["connector"],
+                currency=row["currency"],
+                keyed=keyed,
+                actor=identity,
+                source=source,
+                action="payment.cancel",
+            )
+
+        return await run_idempotent(self._pool, keyed, work)
+
+    async def _why_not(self, conn: Connection, tenant: str, payment_id: str, action: str) -> errors.ApiError:
+        row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
+        if row is None:
+            return errors.NotFound(f"No such payment: '{payment_id}'.", param="id")
+        return errors.Conflict(
+            f"You cannot {action} this payment because it has a status of {row['status']}.",
+            code="payment_unexpected_state",
+        )
+
+    # ---- settle unknown outcomes -----------------------------------------------------------
+
+    async def resolve_due(self, *, limit: int = 50) -> int:
+        """Ask connectors about attempts whose outcome is pending or unknown; apply what they say.
+
+        Attempts are claimed with FOR UPDATE SKIP LOCKED and pushed forward, so any number of
+        gateway processes can run this without asking twice about the same attempt.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            due = await conn.fetch(
+                """
+                WITH due AS (
+                    SELECT a.id FROM payment_attempts a
+                    WHERE a.status IN ('pending', 'unknown') AND a.next_check <= now()
+                      AND a.operation IN ('authorize', 'capture')
+                    ORDER BY a.next_check LIMIT $1 FOR UPDATE SKIP LOCKED
+                )
+                UPDATE payment_attempts a SET next_check = now() + interval '30 seconds', tries = a.tries + 1
+                FROM due, payments p
+                WHERE a.id = due.id AND p.id = a.payment_id
+                RETURNING a.id, a.payment_id, a.tenant, a.operation, a.connector, a.amount, a.tries,
+                          p.currency, p.capture_method
+                """,
+                limit,
+            )
+        for attempt in due:
+            await self._resolve(attempt)
+        return len(due)
+
+    async def _resolve(self, attempt: Any) -> None:
+        connector = self._connectors.get(attempt["connector"])
+        if connector is None:
+            return
+        try:
+            result = await connector.sync(attempt_id=attempt["id"], operation=attempt["operation"])
+        except ConnectorError:
+            result = None  # the connector is unreachable right now: ask again later
+        if result is None or result.outcome in (ConnectorOutcome.PENDING, ConnectorOutcome.REQUIRES_ACTION):
+            delay = RESOLVE_BACKOFF[min(attempt["tries"], len(RESOLVE_BACKOFF) - 1)]
+            async with self._pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE payment_attempts SET next_check = now() + make_interval(secs => $2) "
+                    "WHERE id = $1",
+                    attempt["id"],
+                    delay,
+                )
+            return
+        if attempt["operation"] == "capture":
+            decision = after_capture(result, amount=attempt["amount"])
+        else:
+            decision = after_authorize(
+                result, amount=attempt["amount"], capture=attempt["capture_method"] == "automatic"
+            )
+        await self._apply(
+            attempt["tenant"],
+            attempt["payment_id"],
+            attempt["id"],
+            decision,
+            connector=attempt["connector"],
+            currency=attempt["currency"],
+            keyed=None,
+            actor=None,
+            source=None,
+            action="payment.resolve",
+        )
+
+    # ---- apply an outcome ------------------------------------------------------------------
+
+    async def _apply(
+        self,
+        tenant: str,
+        payment_id: str,
+        attempt_id: str | None,
+        decision: Decision,
+        *,
+        connector: str | None,
+        currency: str,
+        keyed: KeyedRequest | None,
+        actor: Identity | None,
+        source: str | None,
+        action: str,
+    ) -> Outcome:
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await self._apply_in(
+                conn,
+                tenant,
+                payment_id,
+                attempt_id,
+                decision,
+                connector=connector,
+                currency=currency,
+                keyed=keyed,
+                actor=actor,
+                source=source,
+                action=action,
+            )
+
+    async def _apply_in(
+        self,
+        conn: Connection,
+        tenant: str,
+        payment_id: str,
+        attempt_id: str | None,
+        decision: Decision,
+        *,
+        connector: str | None,
+        currency: str,
+        keyed: KeyedRequest | None,
+        actor: Identity | None,
+        source: str | None,
+        action: str,
+    ) -> Outcome:
+        """Phase 3, inside the caller's transaction: payment + attempt, ledger, event, audit, response."""
+        row = await store.apply_result(
+            conn,
+            tenant=tenant,
+            payment_id=payment_id,
+            update=decision.update,
+            attempt_id=attempt_id or "",
+            attempt_status=decision.attempt_status,
+            decline_code=decision.update.failure_code,
+        )
+        if connector is not None:
+            await _post_ledger(conn, row, decision, connector)
+        body = render.encode(render.payment(row))
+        await store.insert_event(
+            conn,
+            event_id=new_id("evt"),
+            tenant=tenant,
+            type_=decision.event,
+            object_id=payment_id,
+            data=body.decode(),
+        )
+        await audit(
+            conn,
+            actor=actor.spiffe_id if actor else "payhub",
+            action=action,
+            outcome=row["status"],
+            tenant=tenant,
+            source=source,
+            object_id=payment_id,
+            details={"amount": row["amount"], "currency": currency, "method": row["method"]},
+        )
+        if keyed is not None:
+            await idempotency.finish(conn, tenant=tenant, key=keyed.key, status=200, body=body)
+        return Outcome(200, body)
+
+
+async def _post_ledger(conn: Connection, row: Any, decision: Decision, connector: str) -> None:
+    """The ledger side of a connector outcome.
+
+    A payment's captured funds go from the connector's receivable to the tenant's clearing
+    account. A top-up's go to the customer's stored balance; while a bank transfer is still
+    settling they sit in the balance's ``pending`` bucket, then move to ``available`` (or back
+    out if the transfer fails).
+    """
+    tenant, currency, payment_id = row["tenant"], row["currency"], row["id"]
+    receivable = ledger.SystemAccount(tenant, "connector_receivable", connector, currency)
+    destination = row["destination_account"]
+    moves: list[ledger.Move] = []
+    kind = ""
+    if destination is None:
+        if decision.captured:
+            kind = "payment_capture"
+            clearing = ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
+            moves = [ledger.Move(receivable, clearing, decision.captured, currency)]
+    else:
+        pending_posted = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM ledger_transactions "
+            "WHERE payment_id = $1 AND kind = 'topup_pending')",
+            payment_id,
+        )
+        amount = row["amount"]
+        if decision.captured and pending_posted:
+            kind = "topup_settled"
+            moves = [
+                ledger.Move(destination, destination, amount, currency, "pending", "available"),
+                ledger.Move(receivable, receivable, amount, currency, "available", "pending"),
+            ]
+        elif decision.captured:
+            kind = "topup"
+            moves = [ledger.Move(receivable, destination, decision.captured, currency)]
+        elif row["status"] == Status.PROCESSING and not pending_posted:
+            kind = "topup_pending"
+            moves = [ledger.Move(receivable, destination, amount, currency, "pending", "pending")]
+        elif row["status"] == Status.FAILED and pending_posted:
+            kind = "topup_reversed"
+            moves = [ledger.Move(destination, receivable, amount, currency, "pending", "pending")]
+    if moves:
+        await ledger.post(conn, tenant=tenant, kind=kind, moves=moves, payment_id=payment_id)
+
+
+def _customer_dict(customer: schemas.CustomerInput | None) -> dict[str, Any]:
+    if customer is None:
+        return {}
+    return {
+        k: v
+        for k, v in (
+            ("id", customer.id),
+            ("email", customer.email),
+            ("phone", customer.phone),
+            ("ip", customer.ip),
+            ("device_id", customer.device_id),
+            ("country", customer.country),
+        )
+        if v is not None
+    }
+
+
+def _customer_json(customer: schemas.CustomerInput | None) -> str | None:
+    return orjson.dumps(_customer_dict(customer)).decode() if customer is not None else None

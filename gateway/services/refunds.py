@@ -1,0 +1,214 @@
+"""Refunds: never more than captured, whatever the concurrency (DESIGN §7).
+
+Phase 1 reserves the amount on the payment row (a conditional UPDATE under the row lock) and
+records the refund and its attempt; phase 2 asks the connector; phase 3 settles: a failed
+refund gives the reserved amount back. Stored-balance payments are refunded by a ledger move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import asyncpg
+import orjson
+
+from connectors.base import ConnectorError, Outcome, PaymentConnector
+from gateway import errors
+from gateway.api import render, schemas
+from gateway.audit import record as audit
+from gateway.domain.money import MoneyError, check_amount
+from gateway.identity import Identity
+from gateway.ids import new_id
+from gateway.services.idempotent import KeyedRequest, run_idempotent
+from gateway.services.idempotent import Outcome as Response
+from gateway.services.payments import refuse_card_numbers
+from gateway.store import idempotency, ledger
+from gateway.store import payments as store
+from gateway.store.idempotency import Claimed
+from gateway.store.types import Connection
+
+
+class RefundService:
+    def __init__(self, pool: asyncpg.Pool, connectors: Mapping[str, PaymentConnector]) -> None:
+        self._pool = pool
+        self._connectors = connectors
+
+    async def create(
+        self, identity: Identity, params: schemas.CreateRefundRequest, keyed: KeyedRequest, source: str | None
+    ) -> Response:
+        if params.amount is not None:
+            try:
+                check_amount(params.amount)
+            except MoneyError as exc:
+                raise errors.InvalidRequest(str(exc), param="amount") from exc
+
+        refuse_card_numbers({f"metadata.{k}": f"{k} {v}" for k, v in params.metadata.items()})
+
+        async def work(claim: Claimed) -> Response:
+            return await self._create(identity, params, claim=claim, keyed=keyed, source=source)
+
+        return await run_idempotent(self._pool, keyed, work)
+
+    async def _create(
+        self,
+        identity: Identity,
+        params: schemas.CreateRefundRequest,
+        *,
+        claim: Claimed,
+        keyed: KeyedRequest,
+        source: str | None,
+    ) -> Response:
+        tenant = identity.tenant
+        refund_id, attempt_id = new_id("re"), new_id("att")
+        async with self._pool.acquire() as conn, conn.transaction():
+            payment = await store.get_payment(conn, tenant=tenant, payment_id=params.payment)
+            if payment is None:
+                raise errors.NotFound(f"No such payment: '{params.payment}'.", param="payment")
+            refundable = payment["amount_captured"] - payment["amount_refunded"]
+            amount = params.amount if params.amount is not None else refundable
+            if payment["status"] != "succeeded" or refundable <= 0:
+                raise errors.Conflict(
+                    f"This payment cannot be refunded: its status is {payment['status']} "
+                    f"and {refundable} is left to refund.",
+                    code="charge_not_refundable",
+                )
+            reserved = await store.reserve_refund(
+                conn, tenant=tenant, payment_id=params.payment, amount=amount
+            )
+            if reserved is None:
+                raise errors.InvalidRequest(
+                    f"Refund amount ({amount}) is greater than the unrefunded amount ({refundable}).",
+                    code="amount_too_large",
+                    param="amount",
+                )
+            currency = payment["currency"]
+            await store.insert_refund(
+                conn,
+                refund_id=refund_id,
+                tenant=tenant,
+                payment_id=params.payment,
+                amount=amount,
+                currency=currency,
+                reason=params.reason,
+                metadata=orjson.dumps(params.metadata).decode(),
+            )
+            if payment["method"] == "balance":
+                # Money goes straight back to the stored balance: the ledger move is the refund.
+                account = orjson.loads(payment["payment_method"])["balance"]["account"]
+                clearing = ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
+                await ledger.post(
+                    conn,
+                    tenant=tenant,
+                    kind="refund",
+                    moves=[ledger.Move(clearing, account, amount, currency)],
+                    payment_id=params.payment,
+                    refund_id=refund_id,
+                )
+                return await self._settle(
+                    conn,
+                    refund_id,
+                    status="succeeded",
+                    reference=None,
+                    failure=None,
+                    keyed=keyed,
+                    identity=identity,
+                    source=source,
+                )
+            await store.insert_attempt(
+                conn,
+                attempt_id=attempt_id,
+                payment_id=params.payment,
+                tenant=tenant,
+                operation="refund",
+                connector=payment["connector"],
+                amount=amount,
+            )
+            await idempotency.set_recovery_point(
+                conn, tenant=tenant, key=keyed.key, point="attempt_created", object_id=refund_id
+            )
+        connector_name = payment["connector"]
+        reference: str | None
+        failure: str | None
+        try:
+            result = await self._connectors[connector_name].refund(
+                attempt_id=attempt_id,
+                reference=payment["connector_reference"],
+                amount=amount,
+                currency=currency,
+            )
+        except ConnectorError as exc:
+            # Unknown outcome: stays pending (the reserved amount stays reserved) until resolved.
+            status = "failed" if exc.outcome_known else "pending"
+            reference, failure = None, exc.code if exc.outcome_known else None
+        else:
+            succeeded = result.outcome is Outcome.SUCCEEDED
+            failed = result.outcome is Outcome.FAILED
+            status = "succeeded" if succeeded else "failed" if failed else "pending"
+            reference, failure = result.reference, result.decline_code if failed else None
+        async with self._pool.acquire() as conn, conn.transaction():
+            if status == "succeeded":
+                await ledger.post(
+                    conn,
+                    tenant=tenant,
+                    kind="refund",
+                    moves=[
+                        ledger.Move(
+                            ledger.SystemAccount(tenant, "tenant_clearing", "default", currency),
+                            ledger.SystemAccount(tenant, "connector_receivable", connector_name, currency),
+                            amount,
+                            currency,
+                        )
+                    ],
+                    payment_id=params.payment,
+                    refund_id=refund_id,
+                )
+            elif status == "failed":
+                await store.release_refund(conn, tenant=tenant, payment_id=params.payment, amount=amount)
+            return await self._settle(
+                conn,
+                refund_id,
+                status=status,
+                reference=reference,
+                failure=failure,
+                keyed=keyed,
+                identity=identity,
+                source=source,
+            )
+
+    async def _settle(
+        self,
+        conn: Connection,
+        refund_id: str,
+        *,
+        status: str,
+        reference: str | None,
+        failure: str | None,
+        keyed: KeyedRequest,
+        identity: Identity,
+        source: str | None,
+    ) -> Response:
+        tenant = identity.tenant
+        row = await store.finish_refund(
+            conn, tenant=tenant, refund_id=refund_id, status=status, reference=reference, failure_code=failure
+        )
+        body = render.encode(render.refund(row))
+        await store.insert_event(
+            conn,
+            event_id=new_id("evt"),
+            tenant=tenant,
+            type_=f"refund.{status}",
+            object_id=refund_id,
+            data=body.decode(),
+        )
+        await audit(
+            conn,
+            actor=identity.spiffe_id,
+            action="refund.create",
+            outcome=status,
+            tenant=tenant,
+            source=source,
+            object_id=refund_id,
+            details={"payment": row["payment_id"], "amount": row["amount"], "currency": row["currency"]},
+        )
+        await idempotency.finish(conn, tenant=tenant, key=keyed.key, status=200, body=body)
+        return Response(200, body)

@@ -1,0 +1,395 @@
+"""Payments, their connector attempts and refunds in PostgreSQL. Every query is tenant-scoped."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from gateway.store.types import Connection
+
+PAYMENT_COLUMNS = """
+    id, tenant, status, amount, currency, amount_authorized, amount_captured, amount_refunded, method,
+    payment_method::text, capture_method, customer_id, customer::text, biller, bill::text, bill_posting::text,
+    description, metadata::text, connector, connector_reference, risk::text, next_action::text,
+    failure_code, failure_message, created, updated, destination_account
+"""
+
+_INSERT_PAYMENT = f"""
+INSERT INTO payments (id, tenant, status, amount, currency, method, payment_method, capture_method,
+                      customer_id, customer, description, metadata, connector, destination_account)
+VALUES ($1, $2, 'new', $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13)
+RETURNING {PAYMENT_COLUMNS}
+"""  # noqa: S608 - fixed column list
+
+_INSERT_ATTEMPT = """
+INSERT INTO payment_attempts (id, payment_id, tenant, operation, connector, amount, status)
+VALUES ($1, $2, $3, $4, $5, $6, 'started')
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NewPayment:
+    id: str
+    tenant: str
+    amount: int
+    currency: str
+    method: str
+    payment_method: str  # JSON text: display data only
+    capture_method: str
+    customer_id: str | None
+    customer: str | None  # JSON text
+    description: str | None
+    metadata: str  # JSON text
+    connector: str | None
+    destination_account: str | None = None
+
+
+async def insert_payment(conn: Connection, payment: NewPayment) -> asyncpg.Record:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        _INSERT_PAYMENT,
+        payment.id,
+        payment.tenant,
+        payment.amount,
+        payment.currency,
+        payment.method,
+        payment.payment_method,
+        payment.capture_method,
+        payment.customer_id,
+        payment.customer,
+        payment.description,
+        payment.metadata,
+        payment.connector,
+        payment.destination_account,
+    )
+    assert row is not None
+    return row
+
+
+async def insert_attempt(
+    conn: Connection,
+    *,
+    attempt_id: str,
+    payment_id: str,
+    tenant: str,
+    operation: str,
+    connector: str,
+    amount: int,
+) -> None:
+    await conn.execute(_INSERT_ATTEMPT, attempt_id, payment_id, tenant, operation, connector, amount)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentUpdate:
+    status: str
+    amount_authorized: int | None = None
+    amount_captured: int | None = None
+    connector_reference: str | None = None
+    next_action: str | None = None  # JSON text; None clears it
+    failure_code: str | None = None
+    failure_message: str | None = None
+
+
+# The payment and the attempt that decided it change in one statement (one round trip).
+_APPLY = f"""
+WITH attempt AS (
+    UPDATE payment_attempts
+    SET status = $9, connector_reference = coalesce($5, connector_reference),
+        decline_code = $10, raw_code = $11,
+        next_check = CASE WHEN $9 IN ('pending', 'unknown') THEN now() + make_interval(secs => $12) END,
+        tries = tries + 1
+    WHERE id = $13
+)
+UPDATE payments
+SET status = $3,
+    amount_authorized = coalesce($4, amount_authorized),
+    amount_captured = coalesce($14, amount_captured),
+    connector_reference = coalesce($5, connector_reference),
+    next_action = $6::jsonb,
+    failure_code = $7,
+    failure_message = $8
+WHERE id = $1 AND tenant = $2
+RETURNING {PAYMENT_COLUMNS}
+"""  # noqa: S608 - fixed column list
+
+
+async def apply_result(
+    conn: Connection,
+    *,
+    tenant: str,
+    payment_id: str,
+    update: PaymentUpdate,
+    attempt_id: str,
+    attempt_status: str,
+    decline_code: str | None = None,
+    raw_code: str | None = None,
+    recheck_in: float = 1.0,
+) -> asyncpg.Record:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        _APPLY,
+        payment_id,
+        tenant,
+        update.status,
+        update.amount_authorized,
+        update.connector_reference,
+        update.next_action,
+        update.failure_code,
+        update.failure_message,
+        attempt_status,
+        decline_code,
+        raw_code,
+        recheck_in,
+        attempt_id,
+        update.amount_captured,
+    )
+    assert row is not None
+    return row
+
+
+async def get_payment(
+    conn: Connection, *, tenant: str, payment_id: str, lock: bool = False
+) -> asyncpg.Record | None:
+    suffix = " FOR UPDATE" if lock else ""
+    return await conn.fetchrow(
+        f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1 AND tenant = $2{suffix}",  # noqa: S608
+        payment_id,
+        tenant,
+    )
+
+
+async def latest_attempt(conn: Connection, *, payment_id: str, operation: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """
+        SELECT id, operation, connector, amount, status, connector_reference
+        FROM payment_attempts WHERE payment_id = $1 AND operation = $2
+        ORDER BY created DESC, id DESC LIMIT 1
+        """,
+        payment_id,
+        operation,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentFilters:
+    status: str | None = None
+    method: str | None = None
+    customer: str | None = None
+    biller: str | None = None
+    created_gte: datetime | None = None
+    created_lte: datetime | None = None
+    amount_gte: int | None = None
+    amount_lte: int | None = None
+
+
+def _floor_second(value: datetime) -> datetime:
+    return value.replace(microsecond=0)
+
+
+def _ceil_second(value: datetime | None) -> datetime | None:
+    if value is None or value.microsecond == 0:
+        return value
+    return value.replace(microsecond=0) + timedelta(seconds=1)
+
+
+async def list_payments(
+    conn: Connection,
+    *,
+    tenant: str,
+    filters: PaymentFilters,
+    limit: int,
+    starting_after: str | None,
+    ending_before: str | None,
+) -> tuple[list[asyncpg.Record], bool]:
+    """Newest first, keyset-paginated on (created, id); returns (page, has_more).
+
+    A cursor that is not the caller's object behaves as if it did not exist (404 upstream).
+    """
+    conditions = ["tenant = $1"]
+    args: list[Any] = [tenant]
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    simple: Mapping[str, Any] = {
+        "status": filters.status,
+        "method": filters.method,
+        "customer_id": filters.customer,
+        "biller": filters.biller,
+    }
+    for column, value in simple.items():
+        if value is not None:
+            conditions.append(f"{column} = {arg(value)}")
+    # `created` is shown in whole seconds, so bounds compare at that precision: created_lte=<a
+    # payment's own created> includes it. The column stays bare so the index still serves.
+    created_gte = _ceil_second(filters.created_gte)
+    created_lt = _floor_second(filters.created_lte) + timedelta(seconds=1) if filters.created_lte else None
+    for column, op, value in (
+        ("created", ">=", created_gte),
+        ("created", "<", created_lt),
+        ("amount", ">=", filters.amount_gte),
+        ("amount", "<=", filters.amount_lte),
+    ):
+        if value is not None:
+            conditions.append(f"{column} {op} {arg(value)}")
+    cursor = ending_before or starting_after
+    if cursor is not None:
+        # The cursor's own position is read in the same statement: no extra round trip.
+        position = f"(SELECT created, id FROM payments WHERE id = {arg(cursor)} AND tenant = $1)"  # noqa: S608
+        comparison = ">" if ending_before else "<"
+        conditions.append(f"(created, id) {comparison} {position}")
+    order = "ASC" if ending_before else "DESC"
+    where = " AND ".join(conditions)
+    sql = (
+        f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE {where} "  # noqa: S608 - only placeholders interpolated
+        f"ORDER BY created {order}, id {order} LIMIT {arg(limit + 1)}"
+    )
+    rows = list(await conn.fetch(sql, *args))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    if ending_before:
+        rows.reverse()
+    return rows, has_more
+
+
+async def cursor_exists(conn: Connection, *, tenant: str, payment_id: str) -> bool:
+    return bool(
+        await conn.fetchval("SELECT 1 FROM payments WHERE id = $1 AND tenant = $2", payment_id, tenant)
+    )
+
+
+REFUND_COLUMNS = (
+    "id, tenant, payment_id, amount, currency, status, reason, failure_code, metadata::text, created"
+)
+
+
+async def get_refund(conn: Connection, *, tenant: str, refund_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {REFUND_COLUMNS} FROM refunds WHERE id = $1 AND tenant = $2",  # noqa: S608
+        refund_id,
+        tenant,
+    )
+
+
+async def insert_event(
+    conn: Connection, *, event_id: str, tenant: str, type_: str, object_id: str, data: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO events (id, tenant, type, object_id, data) VALUES ($1, $2, $3, $4, $5::jsonb)",
+        event_id,
+        tenant,
+        type_,
+        object_id,
+        data,
+    )
+
+
+async def claim_status(
+    conn: Connection, *, tenant: str, payment_id: str, allowed: Sequence[str], target: str
+) -> asyncpg.Record | None:
+    """Move the payment from one of ``allowed`` to ``target`` if it is still there; None if not.
+
+    The row carries ``previous_status`` so a caller can undo the claim.
+
+    This single conditional UPDATE is what serializes concurrent captures/cancels of one payment:
+    only one of them finds the old status and may call the connector.
+    """
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""
+        WITH old AS (
+            SELECT id AS old_id, status AS previous_status FROM payments
+            WHERE id = $1 AND tenant = $2 AND status = ANY($4::text[]) FOR UPDATE
+        )
+        UPDATE payments SET status = $3 FROM old WHERE payments.id = old.old_id
+        RETURNING {PAYMENT_COLUMNS}, old.previous_status
+        """,  # noqa: S608 - fixed column list
+        payment_id,
+        tenant,
+        target,
+        list(allowed),
+    )
+    return row
+
+
+async def reserve_refund(
+    conn: Connection, *, tenant: str, payment_id: str, amount: int
+) -> asyncpg.Record | None:
+    """Add ``amount`` to amount_refunded if the payment succeeded and it stays ≤ amount_captured.
+
+    The row lock taken by the UPDATE serializes concurrent refunds of one payment, and the
+    table's CHECK backs the WHERE clause: refunded can never exceed captured.
+    """
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""
+        UPDATE payments SET amount_refunded = amount_refunded + $3
+        WHERE id = $1 AND tenant = $2 AND status = 'succeeded' AND amount_refunded + $3 <= amount_captured
+        RETURNING {PAYMENT_COLUMNS}
+        """,  # noqa: S608 - fixed column list
+        payment_id,
+        tenant,
+        amount,
+    )
+    return row
+
+
+async def release_refund(conn: Connection, *, tenant: str, payment_id: str, amount: int) -> None:
+    await conn.execute(
+        "UPDATE payments SET amount_refunded = amount_refunded - $3 WHERE id = $1 AND tenant = $2",
+        payment_id,
+        tenant,
+        amount,
+    )
+
+
+async def insert_refund(
+    conn: Connection,
+    *,
+    refund_id: str,
+    tenant: str,
+    payment_id: str,
+    amount: int,
+    currency: str,
+    reason: str | None,
+    metadata: str,
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO refunds (id, tenant, payment_id, amount, currency, status, reason, metadata)
+        VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7::jsonb)
+        """,
+        refund_id,
+        tenant,
+        payment_id,
+        amount,
+        currency,
+        reason,
+        metadata,
+    )
+
+
+async def finish_refund(
+    conn: Connection,
+    *,
+    tenant: str,
+    refund_id: str,
+    status: str,
+    reference: str | None,
+    failure_code: str | None,
+) -> asyncpg.Record:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""
+        UPDATE refunds SET status = $3, connector_reference = $4, failure_code = $5
+        WHERE id = $1 AND tenant = $2
+        RETURNING {REFUND_COLUMNS}
+        """,  # noqa: S608 - fixed column list
+        refund_id,
+        tenant,
+        status,
+        reference,
+        failure_code,
+    )
+    assert row is not None
+    return row

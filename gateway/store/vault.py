@@ -1,0 +1,140 @@
+"""Card vault in PostgreSQL (``card_tokens``): tokenise a PAN, read display data, reveal for a connector.
+
+* The PAN is stored only as AES-256-GCM ciphertext whose associated data is tenant + token id, plus
+  a keyed HMAC fingerprint; display data is brand, BIN, last four and expiry. CVV is never accepted.
+* Every read is scoped by tenant: another tenant's token id is indistinguishable from a missing one.
+* :func:`vault_card` de-duplicates with ``INSERT ... ON CONFLICT DO NOTHING`` on
+  (tenant, fingerprint, exp_month, exp_year), then reads the existing row on conflict. Concurrent
+  vaulting of the same card therefore yields one row and one token for everybody: the losing INSERTs
+  wait for the winner's commit, then see its row (READ COMMITTED, the default). One round trip for a
+  new card, two for a known one.
+* :func:`reveal_pan` is for the connector at authorisation time only; it goes through a
+  :class:`~gateway.store.keyring.KeyringCache`, so a card sealed under a kid created by another
+  process after this one loaded its keys still decrypts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from crypto.cards import Brand, CardDisplay, validate_expiry, validate_pan
+from crypto.keyring import Keyring
+from crypto.vault import SealedPan, VaultError, fingerprint, new_token_id, open_pan, seal_pan
+from gateway.store.keyring import KeyringCache
+from gateway.store.types import Connection
+
+__all__ = ["StoredCard", "get_card", "reveal_pan", "vault_card"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCard:
+    """A vaulted card as the API may see it: token id, display data and fingerprint (never the PAN)."""
+
+    token_id: str
+    tenant: str
+    display: CardDisplay
+    fingerprint_kid: int
+    # A stable identifier of the card across tenants: keep it out of logs and reprs.
+    fingerprint: bytes = field(repr=False)
+    created: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+_COLUMNS = "id, tenant, fingerprint, fingerprint_kid, brand, bin, last4, exp_month, exp_year, created"
+_INSERT = f"""
+    INSERT INTO card_tokens
+        (id, tenant, fingerprint, fingerprint_kid, kid, nonce, ciphertext,
+         brand, bin, last4, exp_month, exp_year)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    ON CONFLICT (tenant, fingerprint, exp_month, exp_year) DO NOTHING
+    RETURNING {_COLUMNS}
+"""  # noqa: S608 - fixed column list, no user input
+_SELECT_DUPLICATE = f"""
+    SELECT {_COLUMNS} FROM card_tokens
+    WHERE tenant = $1 AND fingerprint = $2 AND exp_month = $3 AND exp_year = $4
+"""  # noqa: S608 - fixed column list, no user input
+_SELECT_TOKEN = f"SELECT {_COLUMNS} FROM card_tokens WHERE id = $1 AND tenant = $2"  # noqa: S608
+# If the conflicting row is deleted between our INSERT and SELECT, try again (bounded).
+_ATTEMPTS = 3
+
+
+def _card(row: Any) -> StoredCard:
+    display = CardDisplay(
+        brand=cast(Brand, row["brand"]),
+        bin=row["bin"],
+        last4=row["last4"],
+        exp_month=row["exp_month"],
+        exp_year=row["exp_year"],
+    )
+    return StoredCard(
+        row["id"], row["tenant"], display, row["fingerprint_kid"], bytes(row["fingerprint"]), row["created"]
+    )
+
+
+async def vault_card(
+    conn: Connection,
+    keyring: Keyring,
+    *,
+    tenant: str,
+    pan: str,
+    exp_month: int,
+    exp_year: int,
+    today: dt.date | None = None,
+) -> StoredCard:
+    """Tokenise a card for ``tenant``; the same card and expiry already on file returns its token.
+
+    Raises ValueError (message without the PAN) for an invalid number or expiry.
+    """
+    digits = validate_pan(pan)
+    month, year = validate_expiry(exp_month, exp_year, today or dt.datetime.now(dt.UTC).date())
+    display = CardDisplay.from_pan(digits, month, year)
+    fp_kid, fp = fingerprint(keyring, digits)
+    token_id = new_token_id()
+    sealed = seal_pan(keyring, tenant=tenant, token_id=token_id, pan=digits)
+    del digits  # nothing below needs the clear PAN
+    for _ in range(_ATTEMPTS):
+        row = await conn.fetchrow(
+            _INSERT,
+            token_id,
+            tenant,
+            fp,
+            fp_kid,
+            sealed.kid,
+            sealed.nonce,
+            sealed.ciphertext,
+            display.brand,
+            display.bin,
+            display.last4,
+            month,
+            year,
+        )
+        if row is None:
+            row = await conn.fetchrow(_SELECT_DUPLICATE, tenant, fp, month, year)
+        if row is not None:
+            return _card(row)
+    raise VaultError("could not vault the card: its existing token kept disappearing; retry")
+
+
+async def get_card(conn: Connection, *, tenant: str, token_id: str) -> StoredCard | None:
+    """The card behind ``token_id`` if it belongs to ``tenant``, else None."""
+    row = await conn.fetchrow(_SELECT_TOKEN, token_id, tenant)
+    return None if row is None else _card(row)
+
+
+async def reveal_pan(
+    conn: Connection, keyring_cache: KeyringCache, *, tenant: str, token_id: str
+) -> str | None:
+    """The clear PAN of ``tenant``'s token, for the connector at authorisation time only; None if absent.
+
+    Never log, store or return the result to a client.
+    """
+    row = await conn.fetchrow(
+        "SELECT kid, nonce, ciphertext FROM card_tokens WHERE id = $1 AND tenant = $2", token_id, tenant
+    )
+    if row is None:
+        return None
+    kid: int = row["kid"]
+    await keyring_cache.get(conn, kid)  # reloads once if another process rotated since our load
+    sealed = SealedPan(kid, bytes(row["nonce"]), bytes(row["ciphertext"]))
+    return open_pan(keyring_cache.keyring, sealed, tenant=tenant, token_id=token_id)
