@@ -21,11 +21,11 @@ from connectors.base import CardData, ConnectorError, PaymentConnector, PaymentR
 from connectors.base import Outcome as ConnectorOutcome
 from gateway import errors
 from gateway.api import render, schemas
-from gateway.audit import record as audit
 from gateway.domain.money import MoneyError, check_amount, normalize_currency
 from gateway.domain.payment_state import Status
 from gateway.identity import Identity
 from gateway.ids import new_id
+from gateway.logs import audit as log_audit
 from gateway.logs import mask_pans
 from gateway.services.idempotent import KeyedRequest, Outcome, run_idempotent
 from gateway.services.outcomes import Decision, after_authorize, after_capture, after_error
@@ -33,6 +33,7 @@ from gateway.store import idempotency, ledger
 from gateway.store import payments as store
 from gateway.store.idempotency import Claimed
 from gateway.store.keyring import KeyringCache
+from gateway.store.outcomes import OutcomeRecord, record_outcome
 from gateway.store.types import Connection
 from gateway.store.vault import get_card, reveal_pan, vault_card
 
@@ -55,6 +56,21 @@ def money(amount: int, currency: str) -> tuple[int, str]:
         return check_amount(amount), normalize_currency(currency)
     except MoneyError as exc:
         raise errors.InvalidRequest(str(exc), param=exc.param) from exc
+
+
+async def record_and_log(conn: Connection, record: OutcomeRecord) -> None:
+    """Event + audit row + stored response in one round trip, then the audit line on stdout."""
+    seq = await record_outcome(conn, record)
+    log_audit(
+        record.action,
+        actor=record.actor,
+        outcome=record.outcome,
+        source=record.source,
+        object_id=record.object_id,
+        tenant=record.tenant,
+        audit_seq=seq,
+        **record.details,
+    )
 
 
 def refuse_card_numbers(fields: Mapping[str, str | None]) -> None:
@@ -209,41 +225,27 @@ class PaymentService:
             else:
                 payment_id, attempt_id = new_id("pay"), new_id("att")
                 customer = params.customer
-                async with conn.transaction():
-                    await store.insert_payment(
-                        conn,
-                        store.NewPayment(
-                            id=payment_id,
-                            tenant=tenant,
-                            amount=amount,
-                            currency=currency,
-                            method=method.type,
-                            payment_method=orjson.dumps(prepared.display).decode(),
-                            capture_method=params.capture_method,
-                            customer_id=customer.id if customer else None,
-                            customer=_customer_json(customer),
-                            description=params.description,
-                            metadata=orjson.dumps(params.metadata).decode(),
-                            connector=connector.name,
-                            destination_account=destination,
-                        ),
-                    )
-                    await store.insert_attempt(
-                        conn,
-                        attempt_id=attempt_id,
-                        payment_id=payment_id,
+                await store.start_payment(
+                    conn,
+                    store.NewPayment(
+                        id=payment_id,
                         tenant=tenant,
-                        operation="authorize",
-                        connector=connector.name,
                         amount=amount,
-                    )
-                    await idempotency.set_recovery_point(
-                        conn,
-                        tenant=tenant,
-                        key=keyed.key,
-                        point=RECOVERY_ATTEMPT_CREATED,
-                        object_id=payment_id,
-                    )
+                        currency=currency,
+                        method=method.type,
+                        payment_method=orjson.dumps(prepared.display).decode(),
+                        capture_method=params.capture_method,
+                        customer_id=customer.id if customer else None,
+                        customer=_customer_json(customer),
+                        description=params.description,
+                        metadata=orjson.dumps(params.metadata).decode(),
+                        connector=connector.name,
+                        destination_account=destination,
+                    ),
+                    attempt_id=attempt_id,
+                    idempotency_key=keyed.key,
+                    recovery_point=RECOVERY_ATTEMPT_CREATED,
+                )
         capture = params.capture_method == "automatic"
         request = PaymentRequest(
             attempt_id=attempt_id,
@@ -708,26 +710,22 @@ class PaymentService:
         if connector is not None:
             await _post_ledger(conn, row, decision, connector)
         body = render.encode(render.payment(row))
-        await store.insert_event(
+        await record_and_log(
             conn,
-            event_id=new_id("evt"),
-            tenant=tenant,
-            type_=decision.event,
-            object_id=payment_id,
-            data=body.decode(),
+            OutcomeRecord(
+                tenant=tenant,
+                object_id=payment_id,
+                event_id=new_id("evt"),
+                event_type=decision.event,
+                body=body,
+                actor=actor.spiffe_id if actor else "payhub",
+                action=action,
+                outcome=row["status"],
+                source=source,
+                details={"amount": row["amount"], "currency": currency, "method": row["method"]},
+                idempotency_key=keyed.key if keyed else None,
+            ),
         )
-        await audit(
-            conn,
-            actor=actor.spiffe_id if actor else "payhub",
-            action=action,
-            outcome=row["status"],
-            tenant=tenant,
-            source=source,
-            object_id=payment_id,
-            details={"amount": row["amount"], "currency": currency, "method": row["method"]},
-        )
-        if keyed is not None:
-            await idempotency.finish(conn, tenant=tenant, key=keyed.key, status=200, body=body)
         return Outcome(200, body)
 
 

@@ -15,16 +15,16 @@ import orjson
 from connectors.base import ConnectorError, Outcome, PaymentConnector
 from gateway import errors
 from gateway.api import render, schemas
-from gateway.audit import record as audit
 from gateway.domain.money import MoneyError, check_amount
 from gateway.identity import Identity
 from gateway.ids import new_id
 from gateway.services.idempotent import KeyedRequest, run_idempotent
 from gateway.services.idempotent import Outcome as Response
-from gateway.services.payments import refuse_card_numbers
+from gateway.services.payments import record_and_log, refuse_card_numbers
 from gateway.store import idempotency, ledger
 from gateway.store import payments as store
 from gateway.store.idempotency import Claimed
+from gateway.store.outcomes import OutcomeRecord
 from gateway.store.types import Connection
 
 
@@ -192,23 +192,20 @@ class RefundService:
             conn, tenant=tenant, refund_id=refund_id, status=status, reference=reference, failure_code=failure
         )
         body = render.encode(render.refund(row))
-        await store.insert_event(
+        await record_and_log(
             conn,
-            event_id=new_id("evt"),
-            tenant=tenant,
-            type_=f"refund.{status}",
-            object_id=refund_id,
-            data=body.decode(),
+            OutcomeRecord(
+                tenant=tenant,
+                object_id=refund_id,
+                event_id=new_id("evt"),
+                event_type=f"refund.{status}",
+                body=body,
+                actor=identity.spiffe_id,
+                action="refund.create",
+                outcome=status,
+                source=source,
+                details={"payment": row["payment_id"], "amount": row["amount"], "currency": row["currency"]},
+                idempotency_key=keyed.key,
+            ),
         )
-        await audit(
-            conn,
-            actor=identity.spiffe_id,
-            action="refund.create",
-            outcome=status,
-            tenant=tenant,
-            source=source,
-            object_id=refund_id,
-            details={"payment": row["payment_id"], "amount": row["amount"], "currency": row["currency"]},
-        )
-        await idempotency.finish(conn, tenant=tenant, key=keyed.key, status=200, body=body)
         return Response(200, body)

@@ -25,6 +25,21 @@ VALUES ($1, $2, 'new', $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11::jsonb
 RETURNING {PAYMENT_COLUMNS}
 """  # noqa: S608 - fixed column list
 
+# Phase 1 of a payment in one statement: the payment, its first attempt, and the idempotency
+# key's recovery point (so a retry after a crash resumes with this attempt id).
+_START_PAYMENT = """
+WITH payment AS (
+    INSERT INTO payments (id, tenant, status, amount, currency, method, payment_method, capture_method,
+                          customer_id, customer, description, metadata, connector, destination_account)
+    VALUES ($1, $2, 'new', $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13)
+    RETURNING id
+), attempt AS (
+    INSERT INTO payment_attempts (id, payment_id, tenant, operation, connector, amount, status)
+    SELECT $14, payment.id, $2, 'authorize', $12, $3, 'started' FROM payment
+)
+UPDATE idempotency_keys SET recovery_point = $16, object_id = $1 WHERE tenant = $2 AND key = $15
+"""
+
 _INSERT_ATTEMPT = """
 INSERT INTO payment_attempts (id, payment_id, tenant, operation, connector, amount, status)
 VALUES ($1, $2, $3, $4, $5, $6, 'started')
@@ -67,6 +82,30 @@ async def insert_payment(conn: Connection, payment: NewPayment) -> asyncpg.Recor
     )
     assert row is not None
     return row
+
+
+async def start_payment(
+    conn: Connection, payment: NewPayment, *, attempt_id: str, idempotency_key: str, recovery_point: str
+) -> None:
+    await conn.execute(
+        _START_PAYMENT,
+        payment.id,
+        payment.tenant,
+        payment.amount,
+        payment.currency,
+        payment.method,
+        payment.payment_method,
+        payment.capture_method,
+        payment.customer_id,
+        payment.customer,
+        payment.description,
+        payment.metadata,
+        payment.connector,
+        payment.destination_account,
+        attempt_id,
+        idempotency_key,
+        recovery_point,
+    )
 
 
 async def insert_attempt(

@@ -42,13 +42,23 @@ class StoredCard:
 
 
 _COLUMNS = "id, tenant, fingerprint, fingerprint_kid, brand, bin, last4, exp_month, exp_year, created"
+# A card already on file comes back from the same statement (one round trip, no write). Only if
+# a concurrent transaction vaulted it after this statement's snapshot is nothing returned; the
+# loop below then reads the winner's row.
 _INSERT = f"""
-    INSERT INTO card_tokens
-        (id, tenant, fingerprint, fingerprint_kid, kid, nonce, ciphertext,
-         brand, bin, last4, exp_month, exp_year)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-    ON CONFLICT (tenant, fingerprint, exp_month, exp_year) DO NOTHING
-    RETURNING {_COLUMNS}
+    WITH inserted AS (
+        INSERT INTO card_tokens
+            (id, tenant, fingerprint, fingerprint_kid, kid, nonce, ciphertext,
+             brand, bin, last4, exp_month, exp_year)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        ON CONFLICT (tenant, fingerprint, exp_month, exp_year) DO NOTHING
+        RETURNING {_COLUMNS}
+    )
+    SELECT {_COLUMNS} FROM inserted
+    UNION ALL
+    SELECT {_COLUMNS} FROM card_tokens
+    WHERE tenant = $2 AND fingerprint = $3 AND exp_month = $11 AND exp_year = $12
+      AND NOT EXISTS (SELECT 1 FROM inserted)
 """  # noqa: S608 - fixed column list, no user input
 _SELECT_DUPLICATE = f"""
     SELECT {_COLUMNS} FROM card_tokens

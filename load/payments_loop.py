@@ -1,0 +1,105 @@
+"""A simple closed-loop payment load over mTLS: N concurrent clients for T seconds.
+
+Not the full benchmark (that one is open-loop against the reference server); this gives
+payments/s and latency percentiles for one payment shape against a running gateway:
+
+    PAYHUB_CONFIG=config/bench.toml payhub serve &
+    python -m load.payments_loop --method card --concurrency 16 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+
+def ssl_context(home: Path, tenant: str) -> ssl.SSLContext:
+    pki = home / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    ctx.load_cert_chain(pki / "clients" / f"{tenant}.pem", pki / "clients" / f"{tenant}.key")
+    return ctx
+
+
+def card_body(n: int) -> dict[str, Any]:
+    return {
+        "amount": 1000 + n % 500,
+        "currency": "CNY",
+        "payment_method": {
+            "type": "card",
+            "card": {"number": "4111111111111111", "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        },
+        "customer": {"id": f"cus_{n % 1000}"},
+    }
+
+
+async def prepare_balance(session: aiohttp.ClientSession, base: str) -> str:
+    async with session.post(f"{base}/v1/accounts", json={"currency": "CNY"}) as resp:
+        account = (await resp.json())["id"]
+    body = {"amount": 99_999_999_999, "currency": "CNY", "payment_method": card_body(0)["payment_method"]}
+    headers = {"Idempotency-Key": secrets.token_hex(8)}
+    async with session.post(f"{base}/v1/accounts/{account}/topups", json=body, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+    return str(account)
+
+
+async def run(args: argparse.Namespace) -> None:
+    home = Path(os.environ.get("PAYHUB_HOME", "var"))
+    base = f"https://localhost:{args.port}"
+    connector = aiohttp.TCPConnector(ssl=ssl_context(home, args.tenant), limit=args.concurrency)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    async with aiohttp.ClientSession(connector=connector) as session:
+        account = await prepare_balance(session, base) if args.method == "balance" else ""
+        deadline = time.perf_counter() + args.seconds
+        counter = 0
+
+        async def client() -> None:
+            nonlocal counter
+            while time.perf_counter() < deadline:
+                counter += 1
+                body = card_body(counter)
+                if args.method == "balance":
+                    body["payment_method"] = {"type": "balance", "balance": {"account": account}}
+                    body["amount"] = 100
+                headers = {"Idempotency-Key": secrets.token_hex(12)}
+                started = time.perf_counter()
+                async with session.post(f"{base}/v1/payments", json=body, headers=headers) as resp:
+                    await resp.read()
+                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(args.concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+    print(
+        f"method={args.method} concurrency={args.concurrency} requests={len(latencies)} "
+        f"rate={len(latencies) / elapsed:.0f}/s p50={pct(0.50):.1f}ms p99={pct(0.99):.1f}ms "
+        f"max={latencies[-1] * 1000:.1f}ms statuses={statuses}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=["card", "balance"], default="card")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--port", type=int, default=8443)
+    parser.add_argument("--tenant", default="acme")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
