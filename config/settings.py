@@ -141,11 +141,64 @@ class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return msgspec.structs.replace(self.per_tenant, **changed)
 
 
+SandboxService = Literal["acquirer", "utility", "telecom", "bank", "ewallet", "fx", "messages"]
+
+
+class SandboxSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the sandbox simulators listen (DESIGN §3); connectors default to these endpoints."""
+
+    host: str = "127.0.0.1"
+    acquirer: int = 9701  # ISO 8583 over TCP
+    utility: int = 9702
+    telecom: int = 9703
+    bank: int = 9704
+    ewallet: int = 9705
+    fx: int = 9706
+    messages: int = 9707  # SMS / e-mail / push sink
+
+    def port(self, service: SandboxService) -> int:
+        port: int = getattr(self, service)
+        return port
+
+    def url(self, service: SandboxService) -> str:
+        return f"http://{self.host}:{self.port(service)}"
+
+
+class ConnectorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One connector's settings (``[connectors.<name>]``)."""
+
+    enabled: bool = True
+    # Override of the endpoint ("host:port" for TCP connectors, a URL for HTTP ones); default: the sandbox.
+    endpoint: str | None = None
+    connect_timeout: float = 2.0
+    read_timeout: float = 10.0
+    breaker_failures: int = 5  # consecutive failures that open the circuit
+    breaker_reset: float = 10.0  # seconds before a half-open trial call
+    secret: str | None = None  # shared secret for signed callbacks (dev value only in payhub.toml)
+    options: dict[str, str] = msgspec.field(default_factory=dict)  # connector-specific knobs
+
+
+class RoutingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Connectors per payment method, in fallback order (fallback only when no money can have moved)."""
+
+    card: list[str] = msgspec.field(default_factory=lambda: ["inprocess"])
+    bank_transfer: list[str] = msgspec.field(default_factory=lambda: ["inprocess"])
+    wallet: list[str] = msgspec.field(default_factory=lambda: ["inprocess"])
+    prepaid: list[str] = msgspec.field(default_factory=lambda: ["inprocess"])
+
+    def for_method(self, method: str) -> list[str]:
+        connectors: list[str] = getattr(self, method, [])
+        return connectors
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
     tenants: dict[str, TenantSettings] = msgspec.field(default_factory=dict)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
+    sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
+    connectors: dict[str, ConnectorSettings] = msgspec.field(default_factory=dict)
+    routing: RoutingSettings = msgspec.field(default_factory=RoutingSettings)
     redis_url: str | None = None
     source: str = "<defaults>"
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 
 class ConnectorError(Exception):
@@ -145,3 +146,87 @@ class PaymentConnector(Protocol):
     async def sync(self, *, attempt_id: str, operation: str) -> ConnectorResult: ...
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> CallbackNotice: ...
+
+
+# ---- billers -----------------------------------------------------------------------------------
+
+BillerCategory = Literal[
+    "water", "electricity", "gas", "telecom_prepaid", "telecom_postpaid", "broadband", "credit_card"
+]
+FetchRequirement = Literal["required", "optional", "none"]
+AmountExactness = Literal["exact", "exact_or_above", "exact_or_below", "any"]
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerParam:
+    name: str  # e.g. "account_number", "msisdn"
+    regex: str
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BillerInfo:
+    id: str  # bil_…
+    name: str
+    category: BillerCategory
+    country: str
+    currency: str
+    customer_params: tuple[CustomerParam, ...]
+    fetch: FetchRequirement
+    amount_exactness: AmountExactness
+    denominations: tuple[int, ...] = ()  # fixed top-up amounts (minor units), if any
+    supports_reversal: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    bill_ref: str
+    amount_due: int
+    currency: str
+    due_date: date
+    customer_name: str  # already masked by the connector ("L* L*")
+
+
+@dataclass(frozen=True, slots=True)
+class BillPayment:
+    attempt_id: str  # our unique reference at the biller: retries and inquiries reuse it
+    payment_id: str
+    biller: str
+    customer_params: Mapping[str, str]
+    amount: int
+    currency: str
+    bill_ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BillPosting:
+    outcome: Outcome  # SUCCEEDED, FAILED (code says why) or PENDING (ask status later)
+    biller_reference: str | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementLine:
+    day: date
+    serial: str  # our reference (the attempt id)
+    account: str
+    amount: int
+    status: str
+
+
+@runtime_checkable
+class BillerConnector(Protocol):
+    name: str
+
+    async def describe(self) -> list[BillerInfo]: ...
+
+    async def fetch_bills(self, biller: str, customer_params: Mapping[str, str]) -> list[Bill]: ...
+
+    async def pay(self, payment: BillPayment) -> BillPosting: ...
+
+    async def status(self, *, attempt_id: str, biller: str) -> BillPosting: ...
+
+    async def reverse(self, *, attempt_id: str, biller: str) -> BillPosting: ...
+
+    async def settlement_report(self, biller: str, day: date) -> list[SettlementLine]: ...

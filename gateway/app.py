@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 from config.settings import Settings
-from connectors.base import PaymentConnector
-from connectors.inprocess import InProcessConnector
+from connectors.http import OutboundClient
+from connectors.registry import ConnectorDeps, build_connectors
 from crypto.audit_chain import load_seal_key
 from crypto.keyring import load_kek
 from crypto.pki import PkiPaths
@@ -32,6 +33,7 @@ VERSION = "0.1.0"
 # New encryption picks up a key rotated by another process within this many seconds.
 KEYRING_MAX_AGE = 60.0
 RESOLVER_INTERVAL = 0.5
+OUTBOUND_CONNECTIONS = 256  # total keep-alive connections to processors and billers
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -55,14 +57,30 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
     async with app[DB_POOL].acquire() as conn:
         await keyring.refresh(conn)  # creates the first data keys on a new database
     app[KEYRING] = keyring
-    # Until the network sandbox connectors land, every method routes to the in-process connector.
-    connectors: dict[str, PaymentConnector] = {"inprocess": InProcessConnector()}
-    routing = {method: "inprocess" for method in ("card", "bank_transfer", "wallet", "prepaid")}
-    app[CONNECTORS] = connectors
+    connectors = app[CONNECTORS].payment
+    routing = {
+        method: settings.routing.for_method(method)[0]
+        for method in ("card", "bank_transfer", "wallet", "prepaid")
+    }
     app[PAYMENTS] = PaymentService(app[DB_POOL], keyring, connectors, routing)
     app[REFUNDS] = RefundService(app[DB_POOL], connectors)
     async with background(run_resolver(app[PAYMENTS], RESOLVER_INTERVAL), name="resolver"):
         yield
+
+
+async def _connectors(app: web.Application) -> AsyncIterator[None]:
+    """One outbound HTTP session for every connector, and the connectors themselves."""
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=OUTBOUND_CONNECTIONS), raise_for_status=False
+    ) as session:
+        deps = ConnectorDeps(app[SETTINGS], OutboundClient(session, app[METRICS]), app[METRICS])
+        connectors = build_connectors(app[SETTINGS], deps)
+        await connectors.start()
+        app[CONNECTORS] = connectors
+        try:
+            yield
+        finally:
+            await connectors.close()
 
 
 async def _tls(app: web.Application) -> AsyncIterator[None]:
@@ -84,6 +102,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app[METRICS].build_info.labels(version=VERSION).set(1)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_audit_sealer)
+    app.cleanup_ctx.append(_connectors)
     app.cleanup_ctx.append(_payments)
     app.cleanup_ctx.append(_tls)
     app.cleanup_ctx.append(traffic_context)  # limiter storage (Redis pool) and the lag monitor

@@ -23,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)"
     )
+    serve.add_argument("--sandbox", action="store_true", help="also run the sandbox simulators in-process")
+
+    commands.add_parser(
+        "sandbox", help="run the sandbox simulators alone (acquirer, billers, bank, e-wallet, …)"
+    )
 
     commands.add_parser("migrate", help="apply pending SQL migrations (idempotent)")
 
@@ -181,9 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _audit(settings, args)
         if args.command == "keys":
             return _keys(settings, args)
-        from gateway.server import serve_forever
+        from gateway.server import sandbox_forever, serve_forever
 
-        serve_forever(settings, workers=args.workers)
+        if args.command == "sandbox":
+            sandbox_forever(settings)
+            return 0
+        serve_forever(settings, workers=args.workers, sandbox=args.sandbox)
         return 0
     except (ConfigError, PkiError, AuditChainError, MigrationError, KeyringError) as exc:
         print(f"payhub: {exc}", file=sys.stderr)

@@ -6,7 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from config.settings import Settings
-from connectors.base import PaymentConnector
+from connectors.registry import Connectors
 from gateway.identity import Identity
 from gateway.metrics import Metrics
 from gateway.services.payments import PaymentService
@@ -19,7 +19,7 @@ METRICS = web.AppKey("metrics", Metrics)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 TLS = web.AppKey("tls", TlsContextHolder)
 KEYRING = web.AppKey("keyring", KeyringCache)
-CONNECTORS = web.AppKey("connectors", dict[str, PaymentConnector])
+CONNECTORS = web.AppKey("connectors", Connectors)
 PAYMENTS = web.AppKey("payments", PaymentService)
 REFUNDS = web.AppKey("refunds", RefundService)
 

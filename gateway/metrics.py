@@ -124,6 +124,23 @@ class Metrics:
             multiprocess_mode="max",
         )
 
+        self.connector_calls = Counter(
+            "payhub_connector_calls", "Outbound connector calls by operation and outcome",
+            ["connector", "operation", "outcome"], registry=r,
+        )  # fmt: skip
+        self.connector_latency = Histogram(
+            "payhub_connector_call_duration_seconds", "Outbound connector call latency",
+            ["connector", "operation"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.connector_circuit_state = Gauge(
+            "payhub_connector_circuit_state", "Circuit breaker per connector: 0 closed, 1 half-open, 2 open",
+            ["connector"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.payments = Counter(
+            "payhub_payments", "Payment outcomes by method, status and connector",
+            ["method", "status", "connector"], registry=r,
+        )  # fmt: skip
+
     def watch_pool(self, stats: Callable[[], tuple[int, int, int] | None]) -> None:
         self.registry.register(PoolCollector(stats))
 

@@ -8,7 +8,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -16,6 +16,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from config.settings import ConfigError, Settings, split_hostport
+from connectors.sandbox.runner import start_sandbox
 from crypto.pki import PkiPaths
 from gateway.app import create_app, create_ops_app
 from gateway.keys import METRICS, TLS
@@ -102,8 +103,42 @@ async def start_gateway(settings: Settings, *, reuse_port: bool = False) -> Runn
     return RunningGateway(api, api_site, ops_site, (ops_runner, api_runner))
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+async def _wait_for_stop(on_hup: Callable[[], object] | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if on_hup is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await stop.wait()
+
+
+async def run_sandbox(settings: Settings) -> None:
+    """The simulators alone, until SIGINT/SIGTERM (``payhub sandbox``)."""
+    sandbox = await start_sandbox(settings)
+    try:
+        log.info("sandbox.ready", host=settings.sandbox.host)
+        await _wait_for_stop()
+    finally:
+        await sandbox.close()
+
+
+def sandbox_forever(settings: Settings) -> None:
+    configure_logging(settings.server.log_level)
+    run_loop(run_sandbox(settings))
+
+
+async def serve(settings: Settings, *, reuse_port: bool = False, sandbox: bool = False) -> None:
     """Serve until SIGINT/SIGTERM. SIGHUP reloads certificates and the CRL at once."""
+    simulators = await start_sandbox(settings) if sandbox else None
+    try:
+        await _serve(settings, reuse_port=reuse_port)
+    finally:
+        if simulators is not None:
+            await simulators.close()
+
+
+async def _serve(settings: Settings, *, reuse_port: bool) -> None:
     gateway = await start_gateway(settings, reuse_port=reuse_port)
     try:
         log.info(
@@ -114,12 +149,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
         )
         if settings.server.dev_mode:
             print_try_me(settings, gateway.api_port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: gateway.api[TLS].reload(force=True))
-        await stop.wait()
+        await _wait_for_stop(lambda: gateway.api[TLS].reload(force=True))
         log.info("gateway.stopping")
     finally:
         await gateway.stop()
@@ -162,10 +192,10 @@ def _worker(settings: Settings) -> None:
     run_loop(serve(settings, reuse_port=True))
 
 
-def serve_forever(settings: Settings, workers: int = 1) -> None:
+def serve_forever(settings: Settings, workers: int = 1, *, sandbox: bool = False) -> None:
     configure_logging(settings.server.log_level)
     if workers <= 1:
-        run_loop(serve(settings))
+        run_loop(serve(settings, sandbox=sandbox))
         return
     check_pki(settings)
     # Migrate once in the parent so workers do not queue on the migration lock at start-up.
@@ -178,6 +208,8 @@ def serve_forever(settings: Settings, workers: int = 1) -> None:
     processes = [
         context.Process(target=_worker, args=(settings,), name=f"payhub-worker-{i}") for i in range(workers)
     ]
+    if sandbox:  # the simulators get a process of their own, shared by the workers
+        processes.append(context.Process(target=sandbox_forever, args=(settings,), name="payhub-sandbox"))
     for process in processes:
         process.start()
 

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
+from config.settings import ConnectorSettings
 from connectors.base import (
     CallbackNotice,
     ConnectorResult,
@@ -45,6 +46,11 @@ class InProcessConnector:
         self._prepaid_spent: Counter[str] = Counter()
         # What a processor would have done: how many times each attempt moved money.
         self.charges: Counter[str] = Counter()
+
+    @classmethod
+    def create(cls, name: str, config: ConnectorSettings, deps: object) -> InProcessConnector:
+        """Registry entry point; ``options.settle_after`` (seconds) tunes asynchronous settlement."""
+        return cls(settle_after=float(config.options.get("settle_after", SETTLE_AFTER)))
 
     def _reference(self) -> str:
         return "ipc_" + secrets.token_hex(8)

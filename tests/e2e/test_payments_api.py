@@ -107,7 +107,7 @@ async def test_fifty_concurrent_identical_requests_make_one_payment(acme: Api, g
     from connectors.inprocess import InProcessConnector
     from gateway.keys import CONNECTORS, DB_POOL
 
-    connector = gw.api[CONNECTORS]["inprocess"]
+    connector = gw.api[CONNECTORS].payment["inprocess"]
     assert isinstance(connector, InProcessConnector)
     assert sum(connector.charges.values()) == 1
     async with gw.api[DB_POOL].acquire() as conn:

@@ -53,6 +53,6 @@ def hold_async_settlement(running: RunningGateway) -> None:
     from connectors.inprocess import InProcessConnector
     from gateway.keys import CONNECTORS
 
-    connector = running.api[CONNECTORS]["inprocess"]
+    connector = running.api[CONNECTORS].payment["inprocess"]
     assert isinstance(connector, InProcessConnector)
     connector.settle_after = float("inf")

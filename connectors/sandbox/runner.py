@@ -1,0 +1,38 @@
+"""Start every simulator on its port: ``payhub sandbox`` (own process) or ``serve --sandbox``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+
+from config.settings import SandboxService, Settings
+from connectors.sandbox.common import Simulator
+from gateway.logs import get_logger
+
+log = get_logger("connectors.sandbox")
+
+# service → "module:start" where ``async def start(settings) -> Simulator``.
+SIMULATORS: Mapping[SandboxService, str] = {}
+
+
+class Sandbox:
+    def __init__(self, simulators: list[Simulator]) -> None:
+        self._simulators = simulators
+
+    async def close(self) -> None:
+        for simulator in reversed(self._simulators):
+            await simulator.close()
+
+
+async def start_sandbox(settings: Settings) -> Sandbox:
+    started: list[Simulator] = []
+    try:
+        for service, path in SIMULATORS.items():
+            module_name, _, function = path.partition(":")
+            start = getattr(importlib.import_module(module_name), function)
+            started.append(await start(settings))
+            log.info("sandbox.started", service=service, port=settings.sandbox.port(service))
+    except BaseException:
+        await Sandbox(started).close()
+        raise
+    return Sandbox(started)
