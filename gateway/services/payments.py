@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from connectors.base import CardData, ConnectorError, PaymentConnector, PaymentRequest
+from connectors.base import CardData, ConnectorError, ConnectorResult, PaymentConnector, PaymentRequest
 from connectors.base import Outcome as ConnectorOutcome
 from gateway import errors
 from gateway.api import render, schemas
@@ -632,24 +632,61 @@ class PaymentService:
                     delay,
                 )
             return
-        if attempt["operation"] == "capture":
-            decision = after_capture(result, amount=attempt["amount"])
-        else:
-            decision = after_authorize(
-                result, amount=attempt["amount"], capture=attempt["capture_method"] == "automatic"
+        await self.settle_attempt(attempt["connector"], attempt["id"], result, action="payment.resolve")
+
+    async def settle_attempt(
+        self, connector: str, attempt_id: str, result: ConnectorResult, *, action: str = "payment.callback"
+    ) -> bool:
+        """Apply a definite answer (callback or status inquiry) to an attempt still in flight.
+
+        Idempotent against duplicate and out-of-order notices: the attempt row is locked and only
+        a ``started``/``pending``/``unknown`` attempt changes; a settled one is left as it is, so the
+        second of two identical callbacks, or a late "pending" after a "succeeded", changes nothing.
+        Returns whether this call changed the payment.
+        """
+        if result.outcome is ConnectorOutcome.PENDING:
+            return False
+        async with self._pool.acquire() as conn, conn.transaction():
+            attempt = await conn.fetchrow(
+                """
+                SELECT a.id, a.payment_id, a.tenant, a.operation, a.amount, a.status,
+                       p.currency, p.capture_method, p.status AS payment_status
+                FROM payment_attempts a JOIN payments p ON p.id = a.payment_id
+                WHERE a.id = $1 AND a.connector = $2
+                FOR UPDATE OF a
+                """,
+                attempt_id,
+                connector,
             )
-        await self._apply(
-            attempt["tenant"],
-            attempt["payment_id"],
-            attempt["id"],
-            decision,
-            connector=attempt["connector"],
-            currency=attempt["currency"],
-            keyed=None,
-            actor=None,
-            source=None,
-            action="payment.resolve",
-        )
+            if attempt is None or attempt["status"] not in ("started", "pending", "unknown"):
+                return False
+            if attempt["operation"] == "capture":
+                decision = after_capture(result, amount=attempt["amount"])
+            elif attempt["operation"] == "authorize":
+                decision = after_authorize(
+                    result, amount=attempt["amount"], capture=attempt["capture_method"] == "automatic"
+                )
+            else:
+                return False
+            if (
+                result.outcome is ConnectorOutcome.REQUIRES_ACTION
+                and attempt["payment_status"] == "requires_action"
+            ):
+                return False  # nothing new
+            await self._apply_in(
+                conn,
+                attempt["tenant"],
+                attempt["payment_id"],
+                attempt_id,
+                decision,
+                connector=connector,
+                currency=attempt["currency"],
+                keyed=None,
+                actor=None,
+                source=None,
+                action=action,
+            )
+            return True
 
     # ---- apply an outcome ------------------------------------------------------------------
 
@@ -707,6 +744,15 @@ class PaymentService:
             attempt_status=decision.attempt_status,
             decline_code=decision.update.failure_code,
         )
+        if row is None:
+            # A callback settled this attempt while we waited for the connector: answer with the
+            # payment as it stands (and store that as the idempotent response), record nothing twice.
+            current = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
+            assert current is not None
+            body = render.encode(render.payment(current))
+            if keyed is not None:
+                await idempotency.finish(conn, tenant=tenant, key=keyed.key, status=200, body=body)
+            return Outcome(200, body)
         if connector is not None:
             await _post_ledger(conn, row, decision, connector)
         body = render.encode(render.payment(row))

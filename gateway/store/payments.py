@@ -132,7 +132,9 @@ class PaymentUpdate:
     failure_message: str | None = None
 
 
-# The payment and the attempt that decided it change in one statement (one round trip).
+# The payment and the attempt that decided it change in one statement (one round trip), and only
+# while the attempt is still in flight: a callback that settled it first wins, and this returns
+# no row (the caller then reports the payment as it stands).
 _APPLY = f"""
 WITH attempt AS (
     UPDATE payment_attempts
@@ -140,7 +142,8 @@ WITH attempt AS (
         decline_code = $10, raw_code = $11,
         next_check = CASE WHEN $9 IN ('pending', 'unknown') THEN now() + make_interval(secs => $12) END,
         tries = tries + 1
-    WHERE id = $13
+    WHERE id = $13 AND status IN ('started', 'pending', 'unknown')
+    RETURNING id
 )
 UPDATE payments
 SET status = $3,
@@ -150,7 +153,7 @@ SET status = $3,
     next_action = $6::jsonb,
     failure_code = $7,
     failure_message = $8
-WHERE id = $1 AND tenant = $2
+WHERE id = $1 AND tenant = $2 AND ($13 = '' OR EXISTS (SELECT 1 FROM attempt))
 RETURNING {PAYMENT_COLUMNS}
 """  # noqa: S608 - fixed column list
 
@@ -166,7 +169,7 @@ async def apply_result(
     decline_code: str | None = None,
     raw_code: str | None = None,
     recheck_in: float = 1.0,
-) -> asyncpg.Record:
+) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         _APPLY,
         payment_id,
@@ -184,7 +187,6 @@ async def apply_result(
         attempt_id,
         update.amount_captured,
     )
-    assert row is not None
     return row
 
 
