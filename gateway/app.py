@@ -26,6 +26,7 @@ from gateway.store.keyring import KeyringCache
 from gateway.tls import TlsContextHolder
 from gateway.traffic import traffic_context, traffic_middleware
 from gateway.workers.audit_sealer import run_sealer
+from gateway.workers.pruner import run_pruner
 from gateway.workers.resolver import run_resolver
 from gateway.workers.tasks import background
 
@@ -33,6 +34,7 @@ VERSION = "0.1.0"
 # New encryption picks up a key rotated by another process within this many seconds.
 KEYRING_MAX_AGE = 60.0
 RESOLVER_INTERVAL = 0.5
+PRUNE_INTERVAL = 600.0
 OUTBOUND_CONNECTIONS = 256  # total keep-alive connections to processors and billers
 
 
@@ -64,7 +66,10 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
     }
     app[PAYMENTS] = PaymentService(app[DB_POOL], keyring, connectors, routing)
     app[REFUNDS] = RefundService(app[DB_POOL], connectors)
-    async with background(run_resolver(app[PAYMENTS], RESOLVER_INTERVAL), name="resolver"):
+    async with (
+        background(run_resolver(app[PAYMENTS], RESOLVER_INTERVAL), name="resolver"),
+        background(run_pruner(app[DB_POOL], PRUNE_INTERVAL), name="idempotency-pruner"),
+    ):
         yield
 
 

@@ -125,12 +125,17 @@ async def unlock(conn: Connection, *, tenant: str, key: str) -> None:
 
 
 async def prune(conn: Connection, *, older_than_hours: float, batch: int = 1000) -> int:
-    """Delete finished keys past retention (≥ 24 h by contract), a batch at a time."""
+    """Delete keys past retention (≥ 24 h by contract), a batch at a time.
+
+    Abandoned keys (a request that crashed and was never retried) go too: by then the resolver
+    has long settled their payment, and a retry that late would be a new request anyway.
+    """
     result = await conn.execute(
         """
         DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
             SELECT ctid FROM idempotency_keys
-            WHERE created < now() - make_interval(secs => $1) AND response_status IS NOT NULL
+            WHERE created < now() - make_interval(secs => $1)
+              AND (response_status IS NOT NULL OR locked_until IS NULL OR locked_until < now())
             LIMIT $2))
         """,
         older_than_hours * 3600,
