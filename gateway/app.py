@@ -64,7 +64,7 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
         method: settings.routing.for_method(method)[0]
         for method in ("card", "bank_transfer", "wallet", "prepaid")
     }
-    app[PAYMENTS] = PaymentService(app[DB_POOL], keyring, connectors, routing)
+    app[PAYMENTS] = PaymentService(app[DB_POOL], keyring, connectors, routing, app[METRICS])
     app[REFUNDS] = RefundService(app[DB_POOL], connectors)
     async with (
         background(run_resolver(app[PAYMENTS], RESOLVER_INTERVAL), name="resolver"),

@@ -163,11 +163,19 @@ def print_try_me(settings: Settings, port: int) -> None:
         return
     host, _ = split_hostport(settings.server.listen, key="server.listen")
     host = "localhost" if host in ("127.0.0.1", "::1", "0.0.0.0", "::") else host  # noqa: S104
+    tls = f"--cert {pki.client_cert(tenant)} --key {pki.client_key(tenant)} --cacert {pki.ca_cert}"
+    payment = (
+        '{"amount":12850,"currency":"CNY","payment_method":{"type":"card","card":'
+        '{"number":"4111111111111111","exp_month":12,"exp_year":2030,"cvc":"123"}}}'
+    )
     sys.stderr.write(
-        f"\npayhub is ready. Try:\n\n"
-        f"  curl --cert {pki.client_cert(tenant)} --key {pki.client_key(tenant)} \\\n"
-        f"       --cacert {pki.ca_cert} https://{host}:{port}/v1/ping\n\n"
-        f"  metrics: curl http://{settings.server.ops_listen}/metrics\n\n"
+        "\npayhub is ready. Create a payment:\n\n"
+        f"  curl {tls} \\\n"
+        f'       -H "Idempotency-Key: $RANDOM$RANDOM" -H "Content-Type: application/json" \\\n'
+        f"       -d '{payment}' \\\n"
+        f"       https://{host}:{port}/v1/payments\n\n"
+        f"  who am I:  curl {tls} https://{host}:{port}/v1/ping\n"
+        f"  metrics:   curl http://{settings.server.ops_listen}/metrics\n\n"
     )
     sys.stderr.flush()
 

@@ -27,6 +27,7 @@ from gateway.identity import Identity
 from gateway.ids import new_id
 from gateway.logs import audit as log_audit
 from gateway.logs import mask_pans
+from gateway.metrics import Metrics
 from gateway.services.idempotent import KeyedRequest, Outcome, run_idempotent
 from gateway.services.outcomes import Decision, after_authorize, after_capture, after_error
 from gateway.store import idempotency, ledger
@@ -119,7 +120,9 @@ class PaymentService:
         keyring: KeyringCache,
         connectors: Mapping[str, PaymentConnector],
         routing: Mapping[str, str],
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._pool = pool
         self._keyring = keyring
         self._connectors = connectors
@@ -755,6 +758,7 @@ class PaymentService:
             return Outcome(200, body)
         if connector is not None:
             await _post_ledger(conn, row, decision, connector)
+        self._metrics.payments.labels(row["method"], row["status"], connector or "ledger").inc()
         body = render.encode(render.payment(row))
         await record_and_log(
             conn,

@@ -7,6 +7,7 @@ reference-counts users of one data directory and stops the server when the last 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 from config.settings import ConfigError
@@ -27,7 +28,10 @@ def start_embedded(pg_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
             "(pip install 'payhub[embedded]')"
         ) from exc
     pg_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pg_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for a runtime dir that root sessions lack; harmless noise.
+        warnings.simplefilter("ignore", UserWarning)
+        server = pgserver.get_server(pg_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", database):
         raise ConfigError(f"embedded database name {database!r} is not a plain identifier")
     # database is a checked identifier, not user input.
