@@ -39,8 +39,10 @@ TRANSITIONS: Final[dict[Status, frozenset[Status]]] = {
     ),
     Status.REQUIRES_ACTION: frozenset({Status.PROCESSING, Status.CANCELED} | _SETTLE),
     Status.UNDER_REVIEW: frozenset({Status.PROCESSING, Status.REQUIRES_ACTION, Status.CANCELED} | _SETTLE),
-    # The connector may ask for customer action late (e.g. a bank's step-up) but never un-knows an outcome.
-    Status.PROCESSING: frozenset({Status.REQUIRES_ACTION} | _SETTLE),
+    # The connector may ask for customer action late (e.g. a bank's step-up) but never un-knows an
+    # outcome. `canceled` only once the connector confirmed the void that a cancel started (the
+    # cancel holds the payment in `processing` meanwhile, so a concurrent capture cannot run).
+    Status.PROCESSING: frozenset({Status.REQUIRES_ACTION, Status.CANCELED} | _SETTLE),
     # Capture (full/partial) or void; a capture whose outcome is unknown goes back to processing.
     Status.REQUIRES_CAPTURE: frozenset({Status.SUCCEEDED, Status.CANCELED, Status.PROCESSING, Status.FAILED}),
     Status.SUCCEEDED: frozenset(),
@@ -63,6 +65,17 @@ class IllegalTransition(Exception):
         super().__init__(f"A payment in status '{current}' cannot become '{target}'.")
         self.current = current
         self.target = target
+
+
+def sources(target: Status) -> frozenset[Status]:
+    """Every status the table lets move to ``target`` (what the store's guarded UPDATE accepts)."""
+    return _SOURCES[target]
+
+
+_SOURCES: Final[dict[Status, frozenset[Status]]] = {
+    target: frozenset(source for source, targets in TRANSITIONS.items() if target in targets)
+    for target in Status
+}
 
 
 def can_transition(current: Status, target: Status) -> bool:

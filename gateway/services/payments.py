@@ -22,7 +22,7 @@ from connectors.base import Outcome as ConnectorOutcome
 from gateway import errors
 from gateway.api import render, schemas
 from gateway.domain.money import MoneyError, check_amount, normalize_currency
-from gateway.domain.payment_state import Status
+from gateway.domain.payment_state import CANCELABLE, CAPTURABLE, Status
 from gateway.identity import Identity
 from gateway.ids import new_id
 from gateway.logs import audit as log_audit
@@ -448,7 +448,7 @@ class PaymentService:
                     conn,
                     tenant=tenant,
                     payment_id=payment_id,
-                    allowed=[Status.REQUIRES_CAPTURE],
+                    allowed=sorted(CAPTURABLE),
                     target="processing",
                 )
                 if row is None:
@@ -513,7 +513,7 @@ class PaymentService:
                     conn,
                     tenant=tenant,
                     payment_id=payment_id,
-                    allowed=[Status.REQUIRES_ACTION, Status.UNDER_REVIEW, Status.REQUIRES_CAPTURE],
+                    allowed=sorted(CANCELABLE),
                     target="processing",
                 )
                 if row is None:

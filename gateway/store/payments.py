@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.domain.payment_state import Status, sources
 from gateway.store.types import Connection
 
 PAYMENT_COLUMNS = """
@@ -133,8 +134,9 @@ class PaymentUpdate:
 
 
 # The payment and the attempt that decided it change in one statement (one round trip), and only
-# while the attempt is still in flight: a callback that settled it first wins, and this returns
-# no row (the caller then reports the payment as it stands).
+# while the attempt is still in flight and the state machine (gateway.domain.payment_state)
+# allows the move from the payment's current status: a callback that settled it first wins, and
+# this returns no row (the caller then reports the payment as it stands).
 _APPLY = f"""
 WITH attempt AS (
     UPDATE payment_attempts
@@ -154,6 +156,7 @@ SET status = $3,
     failure_code = $7,
     failure_message = $8
 WHERE id = $1 AND tenant = $2 AND ($13 = '' OR EXISTS (SELECT 1 FROM attempt))
+  AND status = ANY($15::text[])
 RETURNING {PAYMENT_COLUMNS}
 """  # noqa: S608 - fixed column list
 
@@ -186,6 +189,7 @@ async def apply_result(
         recheck_in,
         attempt_id,
         update.amount_captured,
+        sorted(sources(Status(update.status))),
     )
     return row
 
