@@ -73,12 +73,21 @@ class CustomerInput(Input):
     country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")] | None = None
 
 
+class BillInput(Input):
+    """Pay a bill with the collected money: the hub collects, then posts to the biller."""
+
+    biller: Annotated[str, Meta(pattern=r"^bil_[a-z0-9_]{1,60}$")]
+    customer_params: dict[Annotated[str, Meta(max_length=40)], Annotated[str, Meta(max_length=100)]]
+    bill_ref: Annotated[str, Meta(max_length=64)] | None = None
+
+
 class CreatePaymentRequest(Input):
     amount: Amount
     currency: Currency
     payment_method: PaymentMethodInput
     capture_method: Literal["automatic", "manual"] = "automatic"
     customer: CustomerInput | None = None
+    bill: BillInput | None = None
     description: Annotated[str, Meta(max_length=500)] | None = None
     metadata: Metadata = msgspec.field(default_factory=dict)
 

@@ -10,6 +10,7 @@ a retry resumes from, with the same attempt id, so the connector never charges t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from gateway.ids import new_id
 from gateway.logs import audit as log_audit
 from gateway.logs import mask_pans
 from gateway.metrics import Metrics
+from gateway.services.bills import BillPoster
 from gateway.services.idempotent import KeyedRequest, Outcome, run_idempotent
 from gateway.services.outcomes import Decision, after_authorize, after_capture, after_error
 from gateway.store import idempotency, ledger
@@ -123,10 +125,15 @@ class PaymentService:
         metrics: Metrics | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self.bills: BillPoster | None = None  # set when biller connectors are configured
         self._pool = pool
         self._keyring = keyring
         self._connectors = connectors
         self._routing = routing
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
 
     # ---- create ----------------------------------------------------------------------------
 
@@ -140,6 +147,8 @@ class PaymentService:
         amount, currency = money(params.amount, params.currency)
         _method_block(params.payment_method)  # refuse a missing method block before claiming the key
         refuse_card_numbers(free_text(params))
+        if params.bill is not None:
+            await self._check_bill(identity, params, amount, currency)
 
         async def work(claim: Claimed) -> Outcome:
             return await self._create(
@@ -147,6 +156,27 @@ class PaymentService:
             )
 
         return await run_idempotent(self._pool, keyed, work)
+
+    async def _check_bill(
+        self, identity: Identity, params: schemas.CreatePaymentRequest, amount: int, currency: str
+    ) -> None:
+        bill = params.bill
+        assert bill is not None
+        if self.bills is None:
+            raise errors.InvalidRequest("No biller connectors are configured.", param="bill.biller")
+        if params.capture_method != "automatic":
+            raise errors.InvalidRequest(
+                "A bill payment is captured automatically: the biller is paid with collected money.",
+                param="capture_method",
+            )
+        await self.bills.directory.validate_payment(
+            tenant=identity.tenant,
+            biller=bill.biller,
+            customer_params=bill.customer_params,
+            amount=amount,
+            currency=currency,
+            bill_ref=bill.bill_ref,
+        )
 
     async def topup(
         self,
@@ -244,6 +274,8 @@ class PaymentService:
                         metadata=orjson.dumps(params.metadata).decode(),
                         connector=connector.name,
                         destination_account=destination,
+                        biller=params.bill.biller if params.bill else None,
+                        bill=_bill_json(params.bill),
                     ),
                     attempt_id=attempt_id,
                     idempotency_key=keyed.key,
@@ -269,18 +301,22 @@ class PaymentService:
             decision = after_error(exc)
         else:
             decision = after_authorize(result, amount=amount, capture=capture)
-        return await self._apply(
+        decision, post_bill = _hold_for_bill(decision, has_bill=params.bill is not None)
+        outcome = await self._apply(
             tenant,
             payment_id,
             attempt_id,
             decision,
             connector=connector.name,
             currency=currency,
-            keyed=keyed,
+            keyed=None if post_bill else keyed,  # the response is the one after posting
             actor=identity,
             source=source,
             action="payment.create",
         )
+        if post_bill and self.bills is not None:
+            return await self.bills.post(tenant, payment_id, keyed=keyed, actor=identity, source=source)
+        return outcome
 
     async def _prepare(self, tenant: str, method: schemas.PaymentMethodInput) -> PreparedMethod:
         block = _method_block(method)
@@ -397,9 +433,16 @@ class PaymentService:
                     description=params.description,
                     metadata=orjson.dumps(params.metadata).decode(),
                     connector=None,
+                    biller=params.bill.biller if params.bill else None,
+                    bill=_bill_json(params.bill),
                 ),
             )
-            clearing = ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
+            # Money for a bill is owed to the biller until posted; otherwise it is the tenant's.
+            clearing = (
+                ledger.SystemAccount(tenant, "biller_payable", params.bill.biller, currency)
+                if params.bill
+                else ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
+            )
             try:
                 async with conn.transaction():  # savepoint: an overdraft fails the payment, not the request
                     await ledger.post(
@@ -420,9 +463,14 @@ class PaymentService:
                 )
             else:
                 decision = Decision(
-                    store.PaymentUpdate(Status.SUCCEEDED, amount, amount), "succeeded", "payment.succeeded", 0
+                    store.PaymentUpdate(Status.SUCCEEDED, amount, amount),
+                    "succeeded",
+                    "payment.succeeded",
+                    amount,
                 )
-            return await self._apply_in(
+            # The ledger move above is the capture; `captured` only tells _hold_for_bill money was taken.
+            decision, post_bill = _hold_for_bill(decision, has_bill=params.bill is not None)
+            outcome = await self.apply_in(
                 conn,
                 tenant,
                 payment_id,
@@ -430,11 +478,14 @@ class PaymentService:
                 decision,
                 connector=None,
                 currency=currency,
-                keyed=keyed,
+                keyed=None if post_bill else keyed,
                 actor=identity,
                 source=source,
                 action="payment.create",
             )
+        if post_bill and self.bills is not None:
+            return await self.bills.post(tenant, payment_id, keyed=keyed, actor=identity, source=source)
+        return outcome
 
     # ---- capture / cancel ------------------------------------------------------------------
 
@@ -602,7 +653,7 @@ class PaymentService:
                 WITH due AS (
                     SELECT a.id FROM payment_attempts a
                     WHERE a.status IN ('pending', 'unknown') AND a.next_check <= now()
-                      AND a.operation IN ('authorize', 'capture')
+                      AND a.operation IN ('authorize', 'capture', 'post_bill')
                     ORDER BY a.next_check LIMIT $1 FOR UPDATE SKIP LOCKED
                 )
                 UPDATE payment_attempts a SET next_check = now() + interval '30 seconds', tries = a.tries + 1
@@ -618,6 +669,14 @@ class PaymentService:
         return len(due)
 
     async def _resolve(self, attempt: Any) -> None:
+        if attempt["operation"] == "post_bill":
+            # For a bill posting the attempt's `connector` column holds the biller id.
+            settled = self.bills is not None and await self.bills.resolve(
+                attempt["tenant"], attempt["payment_id"], attempt["id"], attempt["connector"]
+            )
+            if not settled:
+                await self._recheck_later(attempt)
+            return
         connector = self._connectors.get(attempt["connector"])
         if connector is None:
             return
@@ -626,16 +685,18 @@ class PaymentService:
         except ConnectorError:
             result = None  # the connector is unreachable right now: ask again later
         if result is None or result.outcome in (ConnectorOutcome.PENDING, ConnectorOutcome.REQUIRES_ACTION):
-            delay = RESOLVE_BACKOFF[min(attempt["tries"], len(RESOLVE_BACKOFF) - 1)]
-            async with self._pool.acquire() as conn:
-                await conn.execute(
-                    "UPDATE payment_attempts SET next_check = now() + make_interval(secs => $2) "
-                    "WHERE id = $1",
-                    attempt["id"],
-                    delay,
-                )
+            await self._recheck_later(attempt)
             return
         await self.settle_attempt(attempt["connector"], attempt["id"], result, action="payment.resolve")
+
+    async def _recheck_later(self, attempt: Any) -> None:
+        delay = RESOLVE_BACKOFF[min(attempt["tries"], len(RESOLVE_BACKOFF) - 1)]
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE payment_attempts SET next_check = now() + make_interval(secs => $2) WHERE id = $1",
+                attempt["id"],
+                delay,
+            )
 
     async def settle_attempt(
         self, connector: str, attempt_id: str, result: ConnectorResult, *, action: str = "payment.callback"
@@ -676,7 +737,7 @@ class PaymentService:
                 and attempt["payment_status"] == "requires_action"
             ):
                 return False  # nothing new
-            await self._apply_in(
+            await self.apply_in(
                 conn,
                 attempt["tenant"],
                 attempt["payment_id"],
@@ -708,7 +769,7 @@ class PaymentService:
         action: str,
     ) -> Outcome:
         async with self._pool.acquire() as conn, conn.transaction():
-            return await self._apply_in(
+            return await self.apply_in(
                 conn,
                 tenant,
                 payment_id,
@@ -722,7 +783,7 @@ class PaymentService:
                 action=action,
             )
 
-    async def _apply_in(
+    async def apply_in(
         self,
         conn: Connection,
         tenant: str,
@@ -795,8 +856,13 @@ async def _post_ledger(conn: Connection, row: Any, decision: Decision, connector
     if destination is None:
         if decision.captured:
             kind = "payment_capture"
-            clearing = ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
-            moves = [ledger.Move(receivable, clearing, decision.captured, currency)]
+            # Money collected for a bill is owed to the biller, not to the tenant.
+            to: ledger.SystemAccount = (
+                ledger.SystemAccount(tenant, "biller_payable", row["biller"], currency)
+                if row["biller"]
+                else ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
+            )
+            moves = [ledger.Move(receivable, to, decision.captured, currency)]
     else:
         pending_posted = await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM ledger_transactions "
@@ -821,6 +887,22 @@ async def _post_ledger(conn: Connection, row: Any, decision: Decision, connector
             moves = [ledger.Move(destination, receivable, amount, currency, "pending", "pending")]
     if moves:
         await ledger.post(conn, tenant=tenant, kind=kind, moves=moves, payment_id=payment_id)
+
+
+def _hold_for_bill(decision: Decision, *, has_bill: bool) -> tuple[Decision, bool]:
+    """A bill payment's collected money is not a success yet: it stays processing until posted."""
+    if not has_bill or decision.update.status != Status.SUCCEEDED or not decision.captured:
+        return decision, False
+    update = dataclasses.replace(decision.update, status=Status.PROCESSING)
+    return Decision(update, decision.attempt_status, "payment.processing", decision.captured), True
+
+
+def _bill_json(bill: schemas.BillInput | None) -> str | None:
+    if bill is None:
+        return None
+    return orjson.dumps(
+        {"biller": bill.biller, "customer_params": bill.customer_params, "bill_ref": bill.bill_ref}
+    ).decode()
 
 
 def _customer_dict(customer: schemas.CustomerInput | None) -> dict[str, Any]:

@@ -21,8 +21,9 @@ PAYMENT_COLUMNS = """
 
 _INSERT_PAYMENT = f"""
 INSERT INTO payments (id, tenant, status, amount, currency, method, payment_method, capture_method,
-                      customer_id, customer, description, metadata, connector, destination_account)
-VALUES ($1, $2, 'new', $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13)
+                      customer_id, customer, description, metadata, connector, destination_account,
+                      biller, bill)
+VALUES ($1, $2, 'new', $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13, $14, $15::jsonb)
 RETURNING {PAYMENT_COLUMNS}
 """  # noqa: S608 - fixed column list
 
@@ -31,8 +32,10 @@ RETURNING {PAYMENT_COLUMNS}
 _START_PAYMENT = """
 WITH payment AS (
     INSERT INTO payments (id, tenant, status, amount, currency, method, payment_method, capture_method,
-                          customer_id, customer, description, metadata, connector, destination_account)
-    VALUES ($1, $2, 'new', $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13)
+                          customer_id, customer, description, metadata, connector, destination_account,
+                          biller, bill)
+    VALUES ($1, $2, 'new', $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13,
+            $17, $18::jsonb)
     RETURNING id
 ), attempt AS (
     INSERT INTO payment_attempts (id, payment_id, tenant, operation, connector, amount, status)
@@ -62,6 +65,8 @@ class NewPayment:
     metadata: str  # JSON text
     connector: str | None
     destination_account: str | None = None
+    biller: str | None = None
+    bill: str | None = None  # JSON text: {"biller", "customer_params", "bill_ref"}
 
 
 async def insert_payment(conn: Connection, payment: NewPayment) -> asyncpg.Record:
@@ -80,6 +85,8 @@ async def insert_payment(conn: Connection, payment: NewPayment) -> asyncpg.Recor
         payment.metadata,
         payment.connector,
         payment.destination_account,
+        payment.biller,
+        payment.bill,
     )
     assert row is not None
     return row
@@ -106,6 +113,8 @@ async def start_payment(
         attempt_id,
         idempotency_key,
         recovery_point,
+        payment.biller,
+        payment.bill,
     )
 
 
@@ -131,6 +140,8 @@ class PaymentUpdate:
     next_action: str | None = None  # JSON text; None clears it
     failure_code: str | None = None
     failure_message: str | None = None
+    bill_posting: str | None = None  # JSON text; None keeps the current value
+    amount_refunded: int | None = None
 
 
 # The payment and the attempt that decided it change in one statement (one round trip), and only
@@ -154,7 +165,9 @@ SET status = $3,
     connector_reference = coalesce($5, connector_reference),
     next_action = $6::jsonb,
     failure_code = $7,
-    failure_message = $8
+    failure_message = $8,
+    bill_posting = coalesce($16::jsonb, bill_posting),
+    amount_refunded = coalesce($17, amount_refunded)
 WHERE id = $1 AND tenant = $2 AND ($13 = '' OR EXISTS (SELECT 1 FROM attempt))
   AND status = ANY($15::text[])
 RETURNING {PAYMENT_COLUMNS}
@@ -190,6 +203,8 @@ async def apply_result(
         attempt_id,
         update.amount_captured,
         sorted(sources(Status(update.status))),
+        update.bill_posting,
+        update.amount_refunded,
     )
     return row
 
