@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import date
 
 import asyncpg
 
@@ -52,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         "old ciphertexts stay readable",
     )
     rotate.add_argument("--purpose", choices=["pan", "fingerprint"], default="pan")
+
+    recon = commands.add_parser("recon", help="reconcile biller settlement files with the hub's postings")
+    recon_commands = recon.add_subparsers(dest="recon_command", required=True)
+    recon_run = recon_commands.add_parser(
+        "run", help="reconcile one day; prints matched / mismatched / missing"
+    )
+    recon_run.add_argument("--date", required=True, type=date.fromisoformat, help="YYYY-MM-DD")
+    recon_run.add_argument("--connector", help="only this biller connector")
 
     audit = commands.add_parser("audit", help="tamper-evident audit trail")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
@@ -145,6 +154,55 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     return _with_database(settings, run)
 
 
+def _recon(settings: Settings, args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from connectors.http import OutboundClient
+    from connectors.registry import ConnectorDeps, build_connectors
+    from gateway.metrics import Metrics
+    from gateway.services.recon import reconcile
+
+    async def run(pool: asyncpg.Pool) -> int:
+        async with aiohttp.ClientSession() as session:
+            metrics = Metrics()
+            connectors = build_connectors(
+                settings, ConnectorDeps(settings, OutboundClient(session, metrics), metrics)
+            )
+            await connectors.start()
+            try:
+                chosen = {
+                    name: connector
+                    for name, connector in connectors.billers.items()
+                    if args.connector in (None, name)
+                }
+                if not chosen:
+                    print(f"no biller connector named {args.connector!r}", file=sys.stderr)
+                    return 2
+                totals = [0, 0, 0, 0]
+                for connector in chosen.values():
+                    for biller in await connector.describe():
+                        result = await reconcile(pool, connector, biller.id, args.date)
+                        print(result.line())
+                        for index, value in enumerate(
+                            (
+                                result.matched,
+                                result.mismatched,
+                                result.missing_at_hub,
+                                result.missing_at_biller,
+                            )
+                        ):
+                            totals[index] += value
+                print(
+                    f"total: matched {totals[0]}, mismatched {totals[1]}, "
+                    f"missing at hub {totals[2]}, missing at biller {totals[3]}"
+                )
+                return 0
+            finally:
+                await connectors.close()
+
+    return _with_database(settings, run)
+
+
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
     from crypto.audit_chain import load_seal_key
     from gateway.store.audit import verify_chain
@@ -186,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _audit(settings, args)
         if args.command == "keys":
             return _keys(settings, args)
+        if args.command == "recon":
+            return _recon(settings, args)
         from gateway.server import sandbox_forever, serve_forever
 
         if args.command == "sandbox":
