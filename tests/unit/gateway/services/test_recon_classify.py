@@ -20,9 +20,19 @@ def test_every_class_of_difference() -> None:
         "att_only_hub": {"payment_id": "pay_4", "amount": 400, "status": "succeeded"},
         "att_failed_not_in_file": {"payment_id": "pay_5", "amount": 500, "status": "failed"},
     }
-    lines = [line("att_ok", 100), line("att_amount", 250), line("att_status", 300), line("att_only_biller", 600)]
+    lines = [
+        line("att_ok", 100),
+        line("att_amount", 250),
+        line("att_status", 300),
+        line("att_only_biller", 600),
+    ]
     result = classify(lines, hub, "bil_cn_power", DAY)
-    assert (result.matched, result.mismatched, result.missing_at_hub, result.missing_at_biller) == (1, 2, 1, 1)
+    assert (result.matched, result.mismatched, result.missing_at_hub, result.missing_at_biller) == (
+        1,
+        2,
+        1,
+        1,
+    )
     kinds = {item["serial"]: item["kind"] for item in result.items}
     assert kinds == {
         "att_amount": "amount_mismatch",
