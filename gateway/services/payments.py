@@ -11,14 +11,21 @@ a retry resumes from, with the same attempt id, so the connector never charges t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import orjson
 
-from connectors.base import CardData, ConnectorError, ConnectorResult, PaymentConnector, PaymentRequest
+from connectors.base import (
+    CardData,
+    ConnectorError,
+    ConnectorResult,
+    ConnectorUnavailable,
+    PaymentConnector,
+    PaymentRequest,
+)
 from connectors.base import Outcome as ConnectorOutcome
 from gateway import errors
 from gateway.api import render, schemas
@@ -121,7 +128,7 @@ class PaymentService:
         pool: asyncpg.Pool,
         keyring: KeyringCache,
         connectors: Mapping[str, PaymentConnector],
-        routing: Mapping[str, str],
+        routing: Mapping[str, Sequence[str]],  # method → connectors in fallback order
         metrics: Metrics | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
@@ -242,19 +249,26 @@ class PaymentService:
             return await self._create_balance_payment(
                 identity, params, amount=amount, currency=currency, keyed=keyed, source=source
             )
-        connector_name = self._routing.get(method.type)
-        connector = self._connectors.get(connector_name or "")
-        if connector is None:
+        candidates = [
+            self._connectors[name] for name in self._routing.get(method.type, ()) if name in self._connectors
+        ]
+        if not candidates:
             raise errors.InvalidRequest(
                 f"No connector is configured for {method.type} payments.", param="payment_method.type"
             )
+        connector = candidates[0]
         prepared = await self._prepare(tenant, method)
         async with self._pool.acquire() as conn:
             if claim.recovery_point == RECOVERY_ATTEMPT_CREATED and claim.object_id:
                 payment_id = claim.object_id
                 attempt = await store.latest_attempt(conn, payment_id=payment_id, operation="authorize")
-                assert attempt is not None  # written in the same transaction as the recovery point
+                assert attempt is not None  # written in the same statement as the recovery point
                 attempt_id = attempt["id"]
+                # Resume with the connector that attempt went to (a fallback may have switched it).
+                connector = self._connectors[attempt["connector"]]
+                candidates = (
+                    candidates[candidates.index(connector) :] if connector in candidates else [connector]
+                )
             else:
                 payment_id, attempt_id = new_id("pay"), new_id("att")
                 customer = params.customer
@@ -295,12 +309,33 @@ class PaymentService:
             customer=_customer_dict(params.customer),
             description=params.description,
         )
-        try:
-            result = await connector.authorize(request)
-        except ConnectorError as exc:
-            decision = after_error(exc)
-        else:
-            decision = after_authorize(result, amount=amount, capture=capture)
+        for position, connector in enumerate(candidates):
+            try:
+                result = await connector.authorize(request)
+            except ConnectorUnavailable as exc:
+                if position + 1 == len(candidates):
+                    decision = after_error(exc)
+                    break
+                # Nothing reached this connector, so no money can have moved: fall back to the next
+                # one under a fresh attempt id (the failed attempt stays on record).
+                request = dataclasses.replace(request, attempt_id=new_id("att"))
+                async with self._pool.acquire() as conn:
+                    await store.fall_back(
+                        conn,
+                        tenant=tenant,
+                        payment_id=payment_id,
+                        failed_attempt=attempt_id,
+                        attempt_id=request.attempt_id,
+                        connector=candidates[position + 1].name,
+                        amount=amount,
+                    )
+                attempt_id = request.attempt_id
+            except ConnectorError as exc:
+                decision = after_error(exc)
+                break
+            else:
+                decision = after_authorize(result, amount=amount, capture=capture)
+                break
         decision, post_bill = _hold_for_bill(decision, has_bill=params.bill is not None)
         outcome = await self._apply(
             tenant,

@@ -118,6 +118,37 @@ async def start_payment(
     )
 
 
+async def fall_back(
+    conn: Connection,
+    *,
+    tenant: str,
+    payment_id: str,
+    failed_attempt: str,
+    attempt_id: str,
+    connector: str,
+    amount: int,
+) -> None:
+    """Close an attempt that reached nobody and open the next one at another connector, atomically."""
+    await conn.execute(
+        """
+        WITH failed AS (
+            UPDATE payment_attempts SET status = 'failed', decline_code = 'connector_unavailable'
+            WHERE id = $3 AND status = 'started'
+        ), next AS (
+            INSERT INTO payment_attempts (id, payment_id, tenant, operation, connector, amount, status)
+            VALUES ($4, $1, $2, 'authorize', $5, $6, 'started')
+        )
+        UPDATE payments SET connector = $5 WHERE id = $1 AND tenant = $2
+        """,
+        payment_id,
+        tenant,
+        failed_attempt,
+        attempt_id,
+        connector,
+        amount,
+    )
+
+
 async def insert_attempt(
     conn: Connection,
     *,

@@ -164,7 +164,7 @@ def test_ledger_state_machine(db_url: str) -> None:
         harness = Harness(
             loop,
             pool,
-            PaymentService(pool, keyring, connectors, {"card": "inprocess"}),
+            PaymentService(pool, keyring, connectors, {"card": ["inprocess"]}),
             RefundService(pool, connectors),
         )
         machine = type("BoundLedgerMachine", (LedgerMachine,), {"harness": harness})
