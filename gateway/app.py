@@ -60,7 +60,10 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
         await keyring.refresh(conn)  # creates the first data keys on a new database
     app[KEYRING] = keyring
     connectors = app[CONNECTORS].payment
-    routing = {method: settings.routing.for_method(method) for method in ("card", "bank_transfer", "wallet", "prepaid")}
+    routing = {
+        method: settings.routing.for_method(method)
+        for method in ("card", "bank_transfer", "wallet", "prepaid")
+    }
     app[PAYMENTS] = PaymentService(app[DB_POOL], keyring, connectors, routing, app[METRICS])
     app[REFUNDS] = RefundService(app[DB_POOL], connectors)
     async with (
