@@ -21,6 +21,7 @@ from gateway.metrics import Metrics
 # name → "module:Class". A new connector is one line here plus its package (docs/connectors.md).
 REGISTRY: Mapping[str, str] = {
     "inprocess": "connectors.inprocess:InProcessConnector",
+    "iso8583_card": "connectors.iso8583_card.client:Iso8583CardConnector",
 }
 
 

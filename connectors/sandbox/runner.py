@@ -12,7 +12,9 @@ from gateway.logs import get_logger
 log = get_logger("connectors.sandbox")
 
 # service → "module:start" where ``async def start(settings) -> Simulator``.
-SIMULATORS: Mapping[SandboxService, str] = {}
+SIMULATORS: Mapping[SandboxService, str] = {
+    "acquirer": "connectors.sandbox.acquirer:start",
+}
 
 
 class Sandbox:

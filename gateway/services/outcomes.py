@@ -55,7 +55,16 @@ def after_capture(result: ConnectorResult, *, amount: int) -> Decision:
             PaymentUpdate(Status.SUCCEEDED, None, captured), "succeeded", "payment.succeeded", captured
         )
     if result.outcome is Outcome.FAILED:
+        # The capture did not happen, but the authorization still stands: capture can be retried.
         code = result.decline_code or "capture_failed"
-        update = PaymentUpdate(Status.FAILED, failure_code=code, failure_message=result.message)
-        return Decision(update, "failed", "payment.failed", 0)
+        update = PaymentUpdate(Status.REQUIRES_CAPTURE, failure_code=code, failure_message=result.message)
+        return Decision(update, "failed", "payment.capture_failed", 0)
     return Decision(PaymentUpdate(Status.PROCESSING), "pending", "payment.processing", 0)
+
+
+def after_void(result: ConnectorResult, *, authorized: bool) -> Decision:
+    """A cancel's release at the connector: confirmed → canceled; refused → back to where it was."""
+    if result.outcome is Outcome.SUCCEEDED:
+        return Decision(PaymentUpdate(Status.CANCELED), "succeeded", "payment.canceled", 0)
+    back = Status.REQUIRES_CAPTURE if authorized else Status.REQUIRES_ACTION
+    return Decision(PaymentUpdate(back), "failed", "payment.cancel_failed", 0)

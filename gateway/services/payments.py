@@ -38,7 +38,7 @@ from gateway.logs import mask_pans
 from gateway.metrics import Metrics
 from gateway.services.bills import BillPoster
 from gateway.services.idempotent import KeyedRequest, Outcome, run_idempotent
-from gateway.services.outcomes import Decision, after_authorize, after_capture, after_error
+from gateway.services.outcomes import Decision, after_authorize, after_capture, after_error, after_void
 from gateway.store import idempotency, ledger
 from gateway.store import payments as store
 from gateway.store.idempotency import Claimed
@@ -619,27 +619,22 @@ class PaymentService:
                         amount=0,
                     )
                 try:
-                    await self._connectors[row["connector"]].void(
+                    result: ConnectorResult | None = await self._connectors[row["connector"]].void(
                         attempt_id=attempt_id, reference=row["connector_reference"]
                     )
+                    known = result is not None and result.outcome is not ConnectorOutcome.PENDING
                 except ConnectorError as exc:
-                    if not exc.outcome_known:
-                        decision = Decision(
-                            store.PaymentUpdate(Status.PROCESSING), "unknown", "payment.processing", 0
-                        )
-                        return await self._apply(
-                            tenant,
-                            payment_id,
-                            attempt_id,
-                            decision,
-                            connector=row["connector"],
-                            currency=row["currency"],
-                            keyed=keyed,
-                            actor=identity,
-                            source=source,
-                            action="payment.cancel",
-                        )
-                    # Nothing changed at the connector: undo our claim so the payment is as it was.
+                    result, known = None, exc.outcome_known
+                if not known:
+                    # Sent, no definite answer: stay processing; the resolver asks until it knows.
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        await store.mark_unknown(conn, attempt_id=attempt_id)
+                        current = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
+                        body = render.encode(render.payment(current))
+                        await idempotency.finish(conn, tenant=tenant, key=keyed.key, status=200, body=body)
+                    return Outcome(200, body)
+                if result is None or result.outcome is not ConnectorOutcome.SUCCEEDED:
+                    # The connector refused or was unreachable: nothing changed there, so undo our claim.
                     async with self._pool.acquire() as conn:
                         await store.claim_status(
                             conn,
@@ -648,7 +643,12 @@ class PaymentService:
                             allowed=["processing"],
                             target=row["previous_status"],
                         )
-                    raise errors.Unavailable("The connector could not release the payment; retry.") from exc
+                    if result is None:
+                        raise errors.Unavailable("The connector could not release the payment; retry.")
+                    raise errors.Conflict(
+                        f"The processor refused to cancel this payment ({result.decline_code or 'refused'}).",
+                        code="payment_cancel_refused",
+                    )
             decision = Decision(store.PaymentUpdate(Status.CANCELED), "succeeded", "payment.canceled", 0)
             return await self._apply(
                 tenant,
@@ -688,7 +688,7 @@ class PaymentService:
                 WITH due AS (
                     SELECT a.id FROM payment_attempts a
                     WHERE a.status IN ('pending', 'unknown') AND a.next_check <= now()
-                      AND a.operation IN ('authorize', 'capture', 'post_bill')
+                      AND a.operation IN ('authorize', 'capture', 'void', 'post_bill')
                     ORDER BY a.next_check LIMIT $1 FOR UPDATE SKIP LOCKED
                 )
                 UPDATE payment_attempts a SET next_check = now() + interval '30 seconds', tries = a.tries + 1
@@ -749,7 +749,7 @@ class PaymentService:
             attempt = await conn.fetchrow(
                 """
                 SELECT a.id, a.payment_id, a.tenant, a.operation, a.amount, a.status,
-                       p.currency, p.capture_method, p.status AS payment_status
+                       p.currency, p.capture_method, p.status AS payment_status, p.amount_authorized
                 FROM payment_attempts a JOIN payments p ON p.id = a.payment_id
                 WHERE a.id = $1 AND a.connector = $2
                 FOR UPDATE OF a
@@ -761,6 +761,8 @@ class PaymentService:
                 return False
             if attempt["operation"] == "capture":
                 decision = after_capture(result, amount=attempt["amount"])
+            elif attempt["operation"] == "void":
+                decision = after_void(result, authorized=attempt["amount_authorized"] > 0)
             elif attempt["operation"] == "authorize":
                 decision = after_authorize(
                     result, amount=attempt["amount"], capture=attempt["capture_method"] == "automatic"

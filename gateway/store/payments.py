@@ -149,6 +149,18 @@ async def fall_back(
     )
 
 
+async def mark_unknown(conn: Connection, *, attempt_id: str, recheck_in: float = 1.0) -> None:
+    """The call was sent and no definite answer came: the resolver will ask the connector."""
+    await conn.execute(
+        """
+        UPDATE payment_attempts SET status = 'unknown', next_check = now() + make_interval(secs => $2)
+        WHERE id = $1 AND status IN ('started', 'pending')
+        """,
+        attempt_id,
+        recheck_in,
+    )
+
+
 async def insert_attempt(
     conn: Connection,
     *,
