@@ -176,6 +176,7 @@ class BillerInfo:
     amount_exactness: AmountExactness
     denominations: tuple[int, ...] = ()  # fixed top-up amounts (minor units), if any
     supports_reversal: bool = True
+    timezone: str = "UTC"  # IANA zone of the biller's business day (its reconciliation file's day)
 
 
 @dataclass(frozen=True, slots=True)

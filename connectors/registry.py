@@ -21,7 +21,11 @@ from gateway.metrics import Metrics
 # name → "module:Class". A new connector is one line here plus its package (docs/connectors.md).
 REGISTRY: Mapping[str, str] = {
     "inprocess": "connectors.inprocess:InProcessConnector",
+    "utility_biller": "connectors.utility_biller:UtilityBillerConnector",
+    "telecom_topup": "connectors.telecom_topup:TelecomTopupConnector",
     "iso8583_card": "connectors.iso8583_card.client:Iso8583CardConnector",
+    "bank_transfer": "connectors.bank_transfer:BankTransferConnector",
+    "ewallet": "connectors.ewallet:EwalletConnector",
 }
 
 

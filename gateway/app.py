@@ -15,10 +15,12 @@ from crypto.audit_chain import load_seal_key
 from crypto.keyring import load_kek
 from crypto.pki import PkiPaths
 from gateway import ops
-from gateway.api import accounts, events, openapi, payments, ping, refunds, tokens
+from gateway.api import accounts, billers, callbacks, events, openapi, payments, ping, refunds, tokens
 from gateway.keys import CONNECTORS, DB_POOL, KEYRING, METRICS, PAYMENTS, REFUNDS, SETTINGS, TLS
 from gateway.metrics import Metrics
 from gateway.middlewares import context_middleware, error_middleware, identity_middleware
+from gateway.services.billers import BILLERS, billers_context
+from gateway.services.bills import BillPoster
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
 from gateway.store.db import open_pool
@@ -65,6 +67,7 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
         for method in ("card", "bank_transfer", "wallet", "prepaid")
     }
     app[PAYMENTS] = PaymentService(app[DB_POOL], keyring, connectors, routing, app[METRICS])
+    app[PAYMENTS].bills = BillPoster(app[PAYMENTS], app[BILLERS], connectors)
     app[REFUNDS] = RefundService(app[DB_POOL], connectors)
     async with (
         background(run_resolver(app[PAYMENTS], RESOLVER_INTERVAL), name="resolver"),
@@ -108,6 +111,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_audit_sealer)
     app.cleanup_ctx.append(_connectors)
+    app.cleanup_ctx.append(billers_context)  # the biller catalog, from the connectors' describe()
     app.cleanup_ctx.append(_payments)
     app.cleanup_ctx.append(_tls)
     app.cleanup_ctx.append(traffic_context)  # limiter storage (Redis pool) and the lag monitor
@@ -117,6 +121,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     refunds.setup(app)
     accounts.setup(app)
     events.setup(app)
+    billers.setup(app)
+    callbacks.setup(app)
     openapi.setup(app)
     return app
 

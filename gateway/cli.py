@@ -181,7 +181,9 @@ def _recon(settings: Settings, args: argparse.Namespace) -> int:
                 totals = [0, 0, 0, 0]
                 for connector in chosen.values():
                     for biller in await connector.describe():
-                        result = await reconcile(pool, connector, biller.id, args.date)
+                        result = await reconcile(
+                            pool, connector, biller.id, args.date, timezone=biller.timezone
+                        )
                         print(result.line())
                         for index, value in enumerate(
                             (

@@ -16,8 +16,15 @@ from gateway.logs import get_logger
 
 log = get_logger("gateway.access")
 
-# Routes served without a client identity check (none today: every /v1 route needs a tenant).
-_PUBLIC_ROUTES: frozenset[str] = frozenset()
+# Routes served without a tenant identity check: connector callbacks are authenticated by the
+# connector's signature (the TLS client certificate is still required at the handshake).
+_PUBLIC_ROUTES: frozenset[str] = frozenset(
+    {
+        # Connector callbacks come from banks and wallets, not tenants: the connector's signature
+        # check authenticates them (the TLS client certificate is still required at the handshake).
+        "/v1/connectors/{name}/callbacks",
+    }
+)
 
 
 def new_request_id() -> str:

@@ -14,6 +14,12 @@ log = get_logger("connectors.sandbox")
 # service → "module:start" where ``async def start(settings) -> Simulator``.
 SIMULATORS: Mapping[SandboxService, str] = {
     "acquirer": "connectors.sandbox.acquirer:start",
+    "utility": "connectors.sandbox.utility:start",
+    "telecom": "connectors.sandbox.telecom:start",
+    "bank": "connectors.sandbox.bank:start",
+    "ewallet": "connectors.sandbox.ewallet:start",
+    "fx": "connectors.sandbox.fx:start",
+    "messages": "connectors.sandbox.messages:start",
 }
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import orjson
 from aiohttp import web
 
 from gateway.api import schemas
+from gateway.api.callbacks import CallbackReceipt
 from gateway.api.events import MAX_OBJECT_ID_LENGTH, MAX_TYPE_LENGTH
 from gateway.api.lists import DEFAULT_LIMIT, MAX_LIMIT
 from gateway.api.payments import METHODS, STATUSES
@@ -217,6 +218,46 @@ OPERATIONS: tuple[Operation, ...] = (
         query=LIST_PARAMS + EVENT_FILTERS,
     ),
     Operation("GET", "/v1/events/{id}", "getEvent", "Read an event", "events", schemas.Event),
+    Operation(
+        "POST",
+        "/v1/connectors/{name}/callbacks",
+        "postConnectorCallback",
+        "A bank's, wallet's or biller's signed notice (authenticated by the connector's signature)",
+        "connectors",
+        CallbackReceipt,
+    ),
+    Operation(
+        "GET",
+        "/v1/billers",
+        "listBillers",
+        "Biller catalog, by id",
+        "billers",
+        None,
+        list_of=schemas.Biller,
+        query=(
+            *LIST_PARAMS,
+            Param("category", {"enum": list(get_args(schemas.BillerCategory))}, "Only this category."),
+            Param("country", {"type": "string", "pattern": "^[A-Z]{2}$"}, "Only this ISO 3166-1 country."),
+        ),
+    ),
+    Operation(
+        "GET",
+        "/v1/billers/{id}",
+        "getBiller",
+        "Read a biller: its customer params, fetch and amount rules",
+        "billers",
+        schemas.Biller,
+    ),
+    Operation(
+        "POST",
+        "/v1/bills/fetch",
+        "fetchBills",
+        "A customer's open bills at a biller (404 bill_not_found when none)",
+        "billers",
+        None,
+        request=schemas.FetchBillsRequest,
+        list_of=schemas.Bill,
+    ),
     Operation("GET", PATH, "getOpenApi", "This OpenAPI 3.1 document", "meta", None),
 )
 

@@ -256,3 +256,55 @@ class ErrorBody(Struct):
 
 class ErrorResponse(Struct):
     error: ErrorBody
+
+
+# ---- billers (gateway/api/billers.py) --------------------------------------------------------
+
+BillerCategory = Literal[
+    "water", "electricity", "gas", "telecom_prepaid", "telecom_postpaid", "broadband", "credit_card"
+]
+
+
+class FetchBillsRequest(Input):
+    biller: Annotated[str, Meta(min_length=1, max_length=64, examples=["bil_cn_power"])]
+    # Values are checked by the biller catalog (type and regex), so that errors name the parameter
+    # ("customer_params.account_number") rather than msgspec's "customer_params[...]".
+    customer_params: Annotated[
+        dict[Annotated[str, Meta(min_length=1, max_length=40)], Any],
+        Meta(
+            max_length=10,
+            extra_json_schema={
+                "additionalProperties": {"type": "string", "maxLength": 64},
+                "examples": [{"account_number": "0031234567"}],
+            },
+        ),
+    ]
+
+
+class CustomerParamSpec(Struct):
+    name: str
+    regex: str
+    description: str
+
+
+class Biller(Struct):
+    id: str
+    name: str
+    category: BillerCategory
+    country: str
+    currency: str
+    customer_params: list[CustomerParamSpec]
+    fetch: Literal["required", "optional", "none"]
+    amount_exactness: Literal["exact", "exact_or_above", "exact_or_below", "any"]
+    denominations: list[int]
+    object: str = "biller"
+
+
+class Bill(Struct):
+    bill_ref: str
+    biller: str
+    amount_due: Amount
+    currency: str
+    due_date: Annotated[str, Meta(description="YYYY-MM-DD", examples=["2025-06-11"])]
+    customer_name: Annotated[str, Meta(description="Masked by the biller connector: 'L* L*'.")]
+    object: str = "bill"

@@ -39,24 +39,25 @@ from gateway.store import payments as store
 from gateway.store.types import Connection
 
 if TYPE_CHECKING:
+    from gateway.services.billers import ValidatedBill
     from gateway.services.payments import PaymentService
 
 
 class BillerDirectory(Protocol):
-    """What the payment flow needs from the biller catalog."""
+    """What the payment flow needs from the biller catalog (gateway.services.billers.BillerCatalog)."""
 
-    def connector_for(self, biller: str) -> BillerConnector: ...
+    def connector(self, biller_id: str) -> tuple[str, BillerConnector]: ...
 
     async def validate_payment(
         self,
-        *,
-        tenant: str,
-        biller: str,
-        customer_params: Mapping[str, str],
+        biller_id: str,
+        customer_params: Mapping[str, object],
         amount: int,
         currency: str,
         bill_ref: str | None,
-    ) -> None: ...
+        *,
+        tenant: str,
+    ) -> ValidatedBill: ...
 
 
 def posting(status: str, *, reference: str | None = None, code: str | None = None) -> str:
@@ -104,7 +105,7 @@ class BillPoster:
             else:
                 attempt_id = attempt["id"]
         bill = orjson.loads(row["bill"])
-        connector = self._directory.connector_for(row["biller"])
+        _, connector = self._directory.connector(row["biller"])
         try:
             result = await connector.pay(
                 BillPayment(
@@ -125,7 +126,7 @@ class BillPoster:
 
     async def resolve(self, tenant: str, payment_id: str, attempt_id: str, biller: str) -> bool:
         """Status inquiry for a posting whose outcome is unknown; True when it became definite."""
-        connector = self._directory.connector_for(biller)
+        _, connector = self._directory.connector(biller)
         try:
             result = await connector.status(attempt_id=attempt_id, biller=biller)
         except ConnectorError:

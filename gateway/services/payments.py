@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import msgspec
 import orjson
 
 from connectors.base import (
@@ -155,7 +156,7 @@ class PaymentService:
         _method_block(params.payment_method)  # refuse a missing method block before claiming the key
         refuse_card_numbers(free_text(params))
         if params.bill is not None:
-            await self._check_bill(identity, params, amount, currency)
+            params = await self._check_bill(identity, params, amount, currency)
 
         async def work(claim: Claimed) -> Outcome:
             return await self._create(
@@ -166,7 +167,8 @@ class PaymentService:
 
     async def _check_bill(
         self, identity: Identity, params: schemas.CreatePaymentRequest, amount: int, currency: str
-    ) -> None:
+    ) -> schemas.CreatePaymentRequest:
+        """Every biller check before money is collected; returns params with normalised customer_params."""
         bill = params.bill
         assert bill is not None
         if self.bills is None:
@@ -176,14 +178,11 @@ class PaymentService:
                 "A bill payment is captured automatically: the biller is paid with collected money.",
                 param="capture_method",
             )
-        await self.bills.directory.validate_payment(
-            tenant=identity.tenant,
-            biller=bill.biller,
-            customer_params=bill.customer_params,
-            amount=amount,
-            currency=currency,
-            bill_ref=bill.bill_ref,
+        checked = await self.bills.directory.validate_payment(
+            bill.biller, bill.customer_params, amount, currency, bill.bill_ref, tenant=identity.tenant
         )
+        normalised = msgspec.structs.replace(bill, customer_params=dict(checked.customer_params))
+        return msgspec.structs.replace(params, bill=normalised)
 
     async def topup(
         self,

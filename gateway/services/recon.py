@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -96,9 +97,13 @@ def classify(lines: list[SettlementLine], hub: Mapping[str, Any], biller: str, d
     return result
 
 
-async def hub_postings(conn: Connection, biller: str, day: date) -> dict[str, Any]:
-    """The hub's posting attempts for ``biller`` created on ``day`` (UTC), keyed by serial."""
-    start = datetime.combine(day, time.min, tzinfo=UTC)
+async def hub_postings(conn: Connection, biller: str, day: date, timezone: str = "UTC") -> dict[str, Any]:
+    """The hub's posting attempts for ``biller`` made on the biller's business ``day``, keyed by serial.
+
+    The day is the biller's (its ``timezone``): a Shanghai biller's 1 December starts at 16:00 UTC on
+    30 November, and its file lists exactly the postings of that local day.
+    """
+    start = datetime.combine(day, time.min, tzinfo=ZoneInfo(timezone)).astimezone(UTC)
     rows = await conn.fetch(
         """
         SELECT a.id, a.payment_id, a.amount, a.status
@@ -115,10 +120,12 @@ async def hub_postings(conn: Connection, biller: str, day: date) -> dict[str, An
     }
 
 
-async def reconcile(pool: asyncpg.Pool, connector: BillerConnector, biller: str, day: date) -> ReconResult:
+async def reconcile(
+    pool: asyncpg.Pool, connector: BillerConnector, biller: str, day: date, *, timezone: str = "UTC"
+) -> ReconResult:
     lines = await connector.settlement_report(biller, day)
     async with pool.acquire() as conn:
-        hub = await hub_postings(conn, biller, day)
+        hub = await hub_postings(conn, biller, day, timezone)
         result = classify(lines, hub, biller, day)
         run_id = new_id("recon")
         async with conn.transaction():

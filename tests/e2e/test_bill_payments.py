@@ -1,0 +1,193 @@
+"""Bill payments end to end: collect (card or stored balance), post to the biller over signed HTTP,
+refund on rejection, settle a timed-out posting by status inquiry; the ledger stays balanced."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from config.settings import Settings
+from crypto.pki import PkiPaths
+from gateway.keys import DB_POOL
+from tests.e2e.test_money_flows import balance_account, ledger_is_consistent
+from tests.support.api import Api, api_client, card_payment
+from tests.support.billers import Running, biller_stack
+
+
+@pytest.fixture
+async def running(settings: Settings) -> AsyncIterator[Running]:
+    async with biller_stack(settings, utility_read_timeout=0.5) as stack:
+        yield stack
+
+
+@pytest.fixture
+async def acme(running: Running, pki: PkiPaths) -> AsyncIterator[Api]:
+    async with api_client(pki, "acme", running.gw.api_port) as api:
+        yield api
+
+
+async def open_bill(acme: Api, account: str) -> dict[str, Any]:
+    fetched = await acme.post(
+        "/v1/bills/fetch",
+        {"biller": "bil_cn_power", "customer_params": {"account_number": account}},
+        key=None,
+    )
+    assert fetched.status == 200, fetched.body
+    return dict(fetched.body["data"][0])
+
+
+def bill_payment(account: str, bill: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    body = card_payment(amount=bill["amount_due"], currency="CNY")
+    body["bill"] = {
+        "biller": "bil_cn_power",
+        "customer_params": {"account_number": account},
+        "bill_ref": bill["bill_ref"],
+    }
+    body.update(extra)
+    return body
+
+
+async def events_of(running: Running, payment_id: str) -> list[str]:
+    async with running.gw.api[DB_POOL].acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT type FROM events WHERE object_id = $1 ORDER BY created, id", payment_id
+        )
+    return [row["type"] for row in rows]
+
+
+async def test_electricity_bill_fetched_and_paid_by_card(acme: Api, running: Running) -> None:
+    bill = await open_bill(acme, "0031234567")
+    paid = await acme.post("/v1/payments", bill_payment("0031234567", bill))
+    assert paid.status == 200, paid.body
+    payment = paid.body
+    assert payment["status"] == "succeeded"
+    assert payment["bill_posting"]["status"] == "posted"
+    assert payment["bill_posting"]["biller_reference"]
+    assert payment["amount_captured"] == bill["amount_due"]
+    assert "bill.posted" in await events_of(running, payment["id"])
+    async with running.gw.api[DB_POOL].acquire() as conn:
+        payable = await conn.fetchval(
+            "SELECT sum(amount) FROM ledger_entries "
+            "WHERE account_id LIKE 'sys_acme_biller_payable_bil_cn_power_%'"
+        )
+    assert payable == bill["amount_due"]  # collected money is owed to the biller, not the tenant
+    await ledger_is_consistent(running.gw)
+
+
+async def test_biller_rejection_refunds_the_collected_money(acme: Api, running: Running) -> None:
+    bill = await open_bill(acme, "0031239999")
+    paid = await acme.post("/v1/payments", bill_payment("0031239999", bill))
+    assert paid.status == 200, paid.body
+    payment = paid.body
+    assert (payment["status"], payment["failure"]["code"]) == ("failed", "biller_rejected")
+    assert payment["amount_refunded"] == payment["amount_captured"] == bill["amount_due"]
+    assert payment["bill_posting"]["status"] == "rejected"
+    async with running.gw.api[DB_POOL].acquire() as conn:
+        refund = await conn.fetchrow(
+            "SELECT status, amount, reason FROM refunds WHERE payment_id = $1", payment["id"]
+        )
+        payable = await conn.fetchval(
+            "SELECT coalesce(sum(amount), 0) FROM ledger_entries "
+            "WHERE account_id LIKE 'sys_acme_biller_payable_bil_cn_power_%'"
+        )
+    assert tuple(refund) == ("succeeded", bill["amount_due"], "biller_rejected")
+    assert payable == 0
+    events = await events_of(running, payment["id"])
+    assert events[-1] == "payment.failed"
+    await ledger_is_consistent(running.gw)
+
+
+async def test_timed_out_posting_is_confirmed_by_status_inquiry(acme: Api, running: Running) -> None:
+    bill = await open_bill(acme, "0031237777")
+    paid = await acme.post("/v1/payments", bill_payment("0031237777", bill))
+    assert paid.status == 200, paid.body
+    assert paid.body["status"] == "processing"
+    assert paid.body["bill_posting"]["status"] == "pending"
+    payment = paid.body
+    for _ in range(100):
+        await asyncio.sleep(0.2)
+        payment = (await acme.get(f"/v1/payments/{paid.body['id']}")).body
+        if payment["status"] != "processing":
+            break
+    assert payment["status"] == "succeeded"
+    assert payment["bill_posting"]["status"] == "posted"
+    async with running.gw.api[DB_POOL].acquire() as conn:
+        posts = await conn.fetchval(
+            "SELECT count(*) FROM payment_attempts WHERE payment_id = $1 AND operation = 'post_bill'",
+            payment["id"],
+        )
+    assert posts == 1  # one reference at the biller: never posted twice
+    assert len(running.utility.postings) == 1
+
+
+async def test_bill_paid_from_a_stored_balance(acme: Api, running: Running) -> None:
+    account = await balance_account(acme, 50_000)
+    bill = await open_bill(acme, "0031234567")
+    body = bill_payment(
+        "0031234567", bill, payment_method={"type": "balance", "balance": {"account": account}}
+    )
+    paid = await acme.post("/v1/payments", body)
+    assert paid.body["status"] == "succeeded", paid.body
+    rejected_bill = await open_bill(acme, "0031239999")
+    rejected = await acme.post(
+        "/v1/payments",
+        bill_payment(
+            "0031239999", rejected_bill, payment_method={"type": "balance", "balance": {"account": account}}
+        ),
+    )
+    assert rejected.body["failure"]["code"] == "biller_rejected"
+    balance = (await acme.get(f"/v1/accounts/{account}")).body["balance"]
+    assert balance["available"] == 50_000 - bill["amount_due"]  # the rejected one came back
+    await ledger_is_consistent(running.gw)
+
+
+async def test_phone_top_up_and_bad_inputs(acme: Api) -> None:
+    topup = card_payment(amount=3000)
+    topup["bill"] = {"biller": "bil_cn_mobile", "customer_params": {"msisdn": "+8613812345678"}}
+    reply = await acme.post("/v1/payments", topup)
+    assert reply.status == 200, reply.body
+    assert (reply.body["status"], reply.body["bill_posting"]["status"]) == ("succeeded", "posted")
+    odd = {**topup, "amount": 1234}
+    refused = await acme.post("/v1/payments", odd)
+    assert (refused.status, refused.body["error"]["param"]) == (400, "amount")
+    nobody = {**topup, "bill": {"biller": "bil_cn_mobile", "customer_params": {"msisdn": "+8613800000000"}}}
+    refused = await acme.post("/v1/payments", nobody)
+    assert (refused.status, refused.body["error"]["param"]) == (400, "bill.customer_params.msisdn")
+    no_dues = card_payment(amount=100)
+    no_dues["bill"] = {
+        "biller": "bil_cn_power",
+        "customer_params": {"account_number": "0031230000"},
+        "bill_ref": "x",
+    }
+    refused = await acme.post("/v1/payments", no_dues)
+    assert refused.status in (400, 404)
+    assert refused.body["error"]["param"].startswith("bill.")
+
+
+async def test_reconciliation_finds_a_planted_mismatch(acme: Api, running: Running) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from gateway.services.recon import reconcile
+
+    for account in ("0031234567", "0031234568", "0031234569"):
+        bill = await open_bill(acme, account)
+        paid = await acme.post("/v1/payments", bill_payment(account, bill))
+        assert paid.body["status"] == "succeeded", paid.body
+    [first, second, _third] = sorted(running.utility.postings.values(), key=lambda p: p.serial)
+    first.amount += 1  # the biller recorded a different amount
+    del running.utility.postings[second.reference]  # and lost one posting altogether
+    biller = running.catalog.get("bil_cn_power")
+    today = datetime.now(ZoneInfo(biller.timezone)).date()  # the biller's business day
+    _, connector = running.catalog.connector("bil_cn_power")
+    result = await reconcile(running.gw.api[DB_POOL], connector, biller.id, today, timezone=biller.timezone)
+    counts = (result.matched, result.mismatched, result.missing_at_hub, result.missing_at_biller)
+    assert counts == (1, 1, 0, 1)
+    async with running.gw.api[DB_POOL].acquire() as conn:
+        kinds = sorted(r["kind"] for r in await conn.fetch("SELECT kind FROM recon_items"))
+        runs = await conn.fetchval("SELECT count(*) FROM recon_runs WHERE biller = 'bil_cn_power'")
+    assert kinds == ["amount_mismatch", "missing_at_biller"]
+    assert runs == 1
