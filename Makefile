@@ -17,7 +17,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/payhub pki init
-	exec $(BIN)/payhub serve
+	exec $(BIN)/payhub serve --sandbox
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import uvloop
 
-from config.settings import Settings, load_settings
+from config.settings import RoutingSettings, Settings, load_settings
 from crypto.pki import PkiPaths, init_pki
 from gateway.logs import configure_logging
 from gateway.store.embedded import with_database
@@ -65,7 +65,12 @@ def settings(payhub_home: Path, db_url: str) -> Settings:
     }
     loaded = load_settings(env=env)
     server = msgspec.structs.replace(loaded.server, tls_reload_interval=0.2, tls_handshake_timeout=2.0)
-    return msgspec.structs.replace(loaded, server=server)
+    # The dev config routes to the sandbox simulators on fixed ports; tests that exercise them start
+    # their own on free ports (tests/support/{acquirer,billers}.py). Everything else pays through
+    # the in-process connector so tests never depend on a port being free.
+    inprocess = ["inprocess"]
+    routing = RoutingSettings(card=inprocess, bank_transfer=inprocess, wallet=inprocess, prepaid=inprocess)
+    return msgspec.structs.replace(loaded, server=server, routing=routing)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:

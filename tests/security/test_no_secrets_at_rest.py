@@ -15,7 +15,13 @@ import pytest
 from crypto.pki import PkiPaths
 from tests.e2e.test_serve_process import wait_ready
 from tests.support.api import api_client, card_payment
-from tests.support.processes import free_port, payhub_env, run_payhub, start_payhub
+from tests.support.processes import (
+    config_with_free_sandbox_ports,
+    free_port,
+    payhub_env,
+    run_payhub,
+    start_payhub,
+)
 
 PANS = ["4111111111111111", "5555555555554444", "6212345678901265", "4000000000000002", "4000000000009995"]
 CVCS = ["9371", "8264", "7153", "6042", "5931"]
@@ -42,9 +48,11 @@ async def test_no_pan_or_cvc_in_logs_events_or_database(
         PAYHUB_DATABASE_URL=db_url,
         PAYHUB_LISTEN=f"127.0.0.1:{api_port}",
         PAYHUB_OPS_LISTEN=f"127.0.0.1:{ops_port}",
+        PAYHUB_CONFIG=str(config_with_free_sandbox_ports(tmp_path)),
     )
     log_file = tmp_path / "serve.log"
-    process = start_payhub("serve", env=env, stdout=log_file)
+    # The dev routing: cards go over ISO 8583 to the sandbox acquirer, run in the same process.
+    process = start_payhub("serve", "--sandbox", env=env, stdout=log_file)
     pki = PkiPaths(payhub_home / "pki")
     try:
         await wait_ready(ops_port)
@@ -55,6 +63,7 @@ async def test_no_pan_or_cvc_in_logs_events_or_database(
                 body["payment_method"]["card"]["cvc"] = cvc
                 reply = await api.post("/v1/payments", body)
                 assert reply.status == 200, reply.body
+                assert reply.body["connector"] == "iso8583_card"  # the PAN really crossed the wire
                 manual = await api.post("/v1/payments", {**body, "capture_method": "manual"})
                 if manual.body["status"] == "requires_capture":
                     await api.post(f"/v1/payments/{manual.body['id']}/capture", {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -46,3 +47,16 @@ def start_payhub(*args: str, env: Mapping[str, str], stdout: Path) -> subprocess
             stdout=out,
             stderr=err,
         )
+
+
+SANDBOX_SERVICES = ("acquirer", "utility", "telecom", "bank", "ewallet", "fx", "messages")
+
+
+def config_with_free_sandbox_ports(directory: Path) -> Path:
+    """A copy of the dev config whose [sandbox] simulators listen on free ports (for `serve --sandbox`)."""
+    text = (REPO / "config" / "payhub.toml").read_text()
+    for service in SANDBOX_SERVICES:
+        text = re.sub(rf"(?m)^{service} = \d+", f"{service} = {free_port()}", text, count=1)
+    path = directory / "payhub-sandbox.toml"
+    path.write_text(text)
+    return path
