@@ -744,11 +744,12 @@ class PaymentService:
         """
         if result.outcome is ConnectorOutcome.PENDING:
             return False
+        post_bill = False
         async with self._pool.acquire() as conn, conn.transaction():
             attempt = await conn.fetchrow(
                 """
                 SELECT a.id, a.payment_id, a.tenant, a.operation, a.amount, a.status,
-                       p.currency, p.capture_method, p.status AS payment_status, p.amount_authorized
+                       p.currency, p.capture_method, p.status AS payment_status, p.amount_authorized, p.biller
                 FROM payment_attempts a JOIN payments p ON p.id = a.payment_id
                 WHERE a.id = $1 AND a.connector = $2
                 FOR UPDATE OF a
@@ -766,6 +767,8 @@ class PaymentService:
                 decision = after_authorize(
                     result, amount=attempt["amount"], capture=attempt["capture_method"] == "automatic"
                 )
+                # Money collected asynchronously for a bill is posted now, like a synchronous one.
+                decision, post_bill = _hold_for_bill(decision, has_bill=attempt["biller"] is not None)
             else:
                 return False
             if (
@@ -786,7 +789,11 @@ class PaymentService:
                 source=None,
                 action=action,
             )
-            return True
+        if post_bill and self.bills is not None:
+            await self.bills.post(
+                attempt["tenant"], attempt["payment_id"], keyed=None, actor=None, source=None
+            )
+        return True
 
     # ---- apply an outcome ------------------------------------------------------------------
 

@@ -191,3 +191,23 @@ async def test_reconciliation_finds_a_planted_mismatch(acme: Api, running: Runni
         runs = await conn.fetchval("SELECT count(*) FROM recon_runs WHERE biller = 'bil_cn_power'")
     assert kinds == ["amount_mismatch", "missing_at_biller"]
     assert runs == 1
+
+
+async def test_a_bill_paid_by_wallet_is_posted_once_the_wallet_settles(acme: Api) -> None:
+    """Asynchronous collection: the resolver settles the wallet payment, then the bill is posted."""
+    body = {
+        "amount": 3000,
+        "currency": "CNY",
+        "payment_method": {"type": "wallet", "wallet": {"provider": "alipay"}},
+        "bill": {"biller": "bil_cn_mobile", "customer_params": {"msisdn": "+8613812345678"}},
+    }
+    created = await acme.post("/v1/payments", body)
+    assert created.body["status"] == "requires_action", created.body
+    payment = created.body
+    for _ in range(60):
+        await asyncio.sleep(0.2)
+        payment = (await acme.get(f"/v1/payments/{created.body['id']}")).body
+        if payment["status"] not in ("requires_action", "processing"):
+            break
+    assert payment["status"] == "succeeded"
+    assert payment["bill_posting"]["status"] == "posted"
