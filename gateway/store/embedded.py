@@ -21,7 +21,10 @@ def start_embedded(pg_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     Blocking (spawns initdb/pg_ctl): call it once at start-up, off the event loop.
     """
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # pgserver asks platformdirs for a runtime dir that root sessions lack: harmless noise.
+            warnings.simplefilter("ignore", UserWarning)
+            import pgserver
     except ImportError as exc:
         raise ConfigError(
             "PAYHUB_DATABASE_URL is unset and the embedded PostgreSQL is not installed "
