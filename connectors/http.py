@@ -64,9 +64,12 @@ class OutboundClient:
     ) -> HttpReply:
         breaker = self.breaker(connector, config)
         attempts = 2 if idempotent else 1
+        reached_peer = False  # once a try reached the peer, "nothing happened" can no longer be said
         for attempt in range(attempts):
             if not breaker.allow():
                 self._count(connector, operation, "circuit_open", 0.0)
+                if reached_peer:
+                    raise OutcomeUnknown(f"{connector}: circuit opened while retrying {operation}")
                 raise ConnectorUnavailable(f"{connector}: circuit open")
             started = time.perf_counter()
             sent = False
@@ -96,12 +99,14 @@ class OutboundClient:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 breaker.failure()
                 self._count(connector, operation, "timeout", time.perf_counter() - started)
+                reached_peer = True
                 if idempotent and attempt + 1 < attempts:
                     continue
                 if not sent and isinstance(exc, aiohttp.ClientConnectorError):
                     raise ConnectorUnavailable(f"{connector}: cannot connect") from exc
                 raise OutcomeUnknown(f"{connector}: no answer to {operation}") from exc
             elapsed = time.perf_counter() - started
+            reached_peer = True
             if reply.status >= 500:
                 breaker.failure()
                 self._count(connector, operation, "server_error", elapsed)
