@@ -20,6 +20,7 @@ import orjson
 
 from connectors.base import (
     BillerConnector,
+    BillerInfo,
     BillPayment,
     BillPosting,
     ConnectorError,
@@ -58,6 +59,14 @@ class BillerDirectory(Protocol):
         *,
         tenant: str,
     ) -> ValidatedBill: ...
+
+
+# Status inquiries before the terminal policy: with the resolver's back-off that is about an hour.
+GIVE_UP_AFTER_TRIES = 25
+
+
+def connector_supports_reversal(billers: list[BillerInfo], biller: str) -> bool:
+    return any(info.id == biller and info.supports_reversal for info in billers)
 
 
 def posting(status: str, *, reference: str | None = None, code: str | None = None) -> str:
@@ -124,11 +133,27 @@ class BillPoster:
             result = BillPosting(Outcome.FAILED, code=exc.code, message=str(exc) or None)
         return await self.finish(row, attempt_id, result, keyed=keyed, actor=actor, source=source)
 
-    async def resolve(self, tenant: str, payment_id: str, attempt_id: str, biller: str) -> bool:
-        """Status inquiry for a posting whose outcome is unknown; True when it became definite."""
+    async def resolve(
+        self, tenant: str, payment_id: str, attempt_id: str, biller: str, *, tries: int = 0
+    ) -> bool:
+        """Status inquiry for a posting whose outcome is unknown; True when it became definite.
+
+        After ``GIVE_UP_AFTER_TRIES`` inquiries (about an hour of back-off) the biller's terminal
+        policy applies: a reversal (冲正) with the same reference where the biller supports it —
+        reversed → the money goes back; reversal refused → the posting stood, the payment succeeds —
+        otherwise the posting goes to the operators' manual queue. Never a second posting.
+        """
         _, connector = self._directory.connector(biller)
         try:
             result = await connector.status(attempt_id=attempt_id, biller=biller)
+            if result.outcome is Outcome.PENDING and tries >= GIVE_UP_AFTER_TRIES:
+                if connector_supports_reversal(await connector.describe(), biller):
+                    reversal = await connector.reverse(attempt_id=attempt_id, biller=biller)
+                    # reversed → FAILED (refund below); refused → SUCCEEDED (the posting stood)
+                    result = reversal
+                else:
+                    await self._manual_review(tenant, payment_id, attempt_id)
+                    return True
         except ConnectorError:
             return False
         if result.outcome is Outcome.PENDING:
@@ -139,6 +164,19 @@ class BillPoster:
             return False
         await self.finish(row, attempt_id, result, keyed=None, actor=None, source=None)
         return True
+
+    async def _manual_review(self, tenant: str, payment_id: str, attempt_id: str) -> None:
+        """No way to make the outcome definite automatically: park it for an operator, stop polling."""
+        async with self._service.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE payment_attempts SET next_check = now() + interval '1 day' WHERE id = $1", attempt_id
+            )
+            await conn.execute(
+                "UPDATE payments SET bill_posting = $3::jsonb WHERE id = $1 AND tenant = $2",
+                payment_id,
+                tenant,
+                posting("manual_review"),
+            )
 
     async def finish(
         self,

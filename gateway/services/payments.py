@@ -706,7 +706,11 @@ class PaymentService:
         if attempt["operation"] == "post_bill":
             # For a bill posting the attempt's `connector` column holds the biller id.
             settled = self.bills is not None and await self.bills.resolve(
-                attempt["tenant"], attempt["payment_id"], attempt["id"], attempt["connector"]
+                attempt["tenant"],
+                attempt["payment_id"],
+                attempt["id"],
+                attempt["connector"],
+                tries=attempt["tries"],
             )
             if not settled:
                 await self._recheck_later(attempt)

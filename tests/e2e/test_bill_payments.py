@@ -211,3 +211,25 @@ async def test_a_bill_paid_by_wallet_is_posted_once_the_wallet_settles(acme: Api
             break
     assert payment["status"] == "succeeded"
     assert payment["bill_posting"]["status"] == "posted"
+
+
+async def test_a_posting_that_never_becomes_definite_is_reversed_and_refunded(
+    acme: Api, running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.services import bills
+
+    monkeypatch.setattr(bills, "GIVE_UP_AFTER_TRIES", 1)  # the terminal policy at the first inquiry
+    bill = await open_bill(acme, "0031237777")
+    paid = await acme.post("/v1/payments", bill_payment("0031237777", bill))
+    assert paid.body["bill_posting"]["status"] == "pending", paid.body
+    running.utility.postings.clear()  # the biller lost it: its status inquiry never turns definite
+    payment = paid.body
+    for _ in range(100):
+        await asyncio.sleep(0.2)
+        payment = (await acme.get(f"/v1/payments/{paid.body['id']}")).body
+        if payment["status"] != "processing":
+            break
+    assert (payment["status"], payment["failure"]["code"]) == ("failed", "biller_rejected")
+    assert payment["amount_refunded"] == payment["amount_captured"]
+    assert [p.status for p in running.utility.postings.values()] == ["REVERSED"]  # 冲正 recorded
+    await ledger_is_consistent(running.gw)
