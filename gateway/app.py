@@ -28,6 +28,7 @@ from gateway.store.keyring import KeyringCache
 from gateway.tls import TlsContextHolder
 from gateway.traffic import traffic_context, traffic_middleware
 from gateway.workers.audit_sealer import run_sealer
+from gateway.workers.daily_recon import run_daily_recon
 from gateway.workers.pruner import run_pruner
 from gateway.workers.resolver import run_resolver
 from gateway.workers.tasks import background
@@ -37,6 +38,7 @@ VERSION = "0.1.0"
 KEYRING_MAX_AGE = 60.0
 RESOLVER_INTERVAL = 0.5
 PRUNE_INTERVAL = 600.0
+DAILY_RECON_INTERVAL = 3600.0
 OUTBOUND_CONNECTIONS = 256  # total keep-alive connections to processors and billers
 
 
@@ -72,6 +74,7 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
     async with (
         background(run_resolver(app[PAYMENTS], RESOLVER_INTERVAL), name="resolver"),
         background(run_pruner(app[DB_POOL], PRUNE_INTERVAL), name="idempotency-pruner"),
+        background(run_daily_recon(app[DB_POOL], app[BILLERS], DAILY_RECON_INTERVAL), name="daily-recon"),
     ):
         yield
 

@@ -233,3 +233,15 @@ async def test_a_posting_that_never_becomes_definite_is_reversed_and_refunded(
     assert payment["amount_refunded"] == payment["amount_captured"]
     assert [p.status for p in running.utility.postings.values()] == ["REVERSED"]  # 冲正 recorded
     await ledger_is_consistent(running.gw)
+
+
+async def test_daily_reconciliation_runs_each_biller_once(running: Running) -> None:
+    from gateway.workers.daily_recon import reconcile_due
+
+    pool = running.gw.api[DB_POOL]
+    first = await reconcile_due(pool, running.catalog)
+    assert first == len(running.catalog.list())  # every biller's previous business day, fetched and signed
+    assert await reconcile_due(pool, running.catalog) == 0  # already done: not again
+    async with pool.acquire() as conn:
+        days = await conn.fetch("SELECT biller, day FROM recon_runs")
+    assert len({(row["biller"], row["day"]) for row in days}) == first
