@@ -17,26 +17,25 @@ callback ``{reference, status, transfer_id}`` carries the ``Bank-Signature`` hea
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Final
 
 import msgspec
 
-from connectors.base import (
-    CallbackNotice,
-    ConnectorResult,
-    InvalidParams,
-    Outcome,
-    PaymentRequest,
-    SignatureError,
-)
-from crypto import signatures
+from connectors import signed_http
+from connectors.base import ConnectorResult, InvalidParams, Outcome, PaymentRequest
 
+# The refund call is the wallet's too: its wire types live in connectors.signed_http, re-exported here
+# under the names this module has always had.
+from connectors.signed_http import RefundReply, RefundRequest, refund_request, refund_result
+
+__all__ = ["RefundReply", "RefundRequest", "refund_request", "refund_result"]
+
+PEER: Final = "the bank"
 SIGNATURE_HEADER: Final = "Bank-Signature"
 DECLINE_REJECTED: Final = "bank_rejected"
-DECLINE_REFUND_REFUSED: Final = "refund_rejected"
-DECLINE_NEVER_RECEIVED: Final = "connector_unavailable"
 
 # The bank's transfer statuses. Anything unlisted (a status added by the bank later) is *pending*:
 # it never settles a payment by itself; a later callback or inquiry will.
@@ -44,11 +43,6 @@ STATUS_MAP: Final[Mapping[str, Outcome]] = {
     "pending": Outcome.PENDING,
     "settled": Outcome.SUCCEEDED,
     "rejected": Outcome.FAILED,
-}
-REFUND_STATUS_MAP: Final[Mapping[str, Outcome]] = {
-    "succeeded": Outcome.SUCCEEDED,
-    "rejected": Outcome.FAILED,
-    "pending": Outcome.PENDING,
 }
 
 _ACCOUNT_NUMBER = re.compile(r"^[0-9]{4,34}$")
@@ -76,23 +70,6 @@ class TransferNotice(msgspec.Struct, frozen=True):
     reference: str
     status: str
     transfer_id: str
-
-
-class RefundRequest(msgspec.Struct, frozen=True):
-    refund_reference: str
-    amount: int
-    currency: str
-
-
-class RefundReply(msgspec.Struct, frozen=True):
-    refund_id: str
-    status: str
-    reason: str | None = None
-
-
-class ErrorReply(msgspec.Struct, frozen=True):
-    error: str = "error"
-    message: str | None = None
 
 
 def outcome_of(status: str) -> Outcome:
@@ -129,69 +106,23 @@ def transfer_result(reply: TransferReply) -> ConnectorResult:
 
 def never_received() -> ConnectorResult:
     """The bank has no transfer with our reference: nothing was ever started, so nothing moved."""
-    return ConnectorResult(
-        Outcome.FAILED, decline_code=DECLINE_NEVER_RECEIVED, message="the bank never received the transfer"
+    return signed_http.never_received("the bank never received the transfer")
+
+
+refund_refused: Final = functools.partial(signed_http.refund_refused, by=PEER)
+
+
+def _notice_result(notice: TransferNotice) -> ConnectorResult:
+    return transfer_result(
+        TransferReply(transfer_id=notice.transfer_id, reference=notice.reference, status=notice.status)
     )
 
 
-def refund_request(attempt_id: str, amount: int, currency: str) -> RefundRequest:
-    return RefundRequest(refund_reference=attempt_id, amount=amount, currency=currency)
-
-
-def refund_result(reply: RefundReply) -> ConnectorResult:
-    outcome = REFUND_STATUS_MAP.get(reply.status, Outcome.PENDING)
-    if outcome is Outcome.FAILED:
-        return ConnectorResult(
-            Outcome.FAILED, reply.refund_id, decline_code=DECLINE_REFUND_REFUSED, raw_code=reply.reason
-        )
-    return ConnectorResult(outcome, reply.refund_id)
-
-
-def refund_refused(reason: str) -> ConnectorResult:
-    return ConnectorResult(
-        Outcome.FAILED, decline_code=DECLINE_REFUND_REFUSED, message="refused by the bank", raw_code=reason
-    )
-
-
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive header lookup that also works on a plain dict (HTTP names are case-blind)."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    return next((v for k, v in headers.items() if k.lower() == lowered), None)
-
-
-def verify_signature(
-    headers: Mapping[str, str],
-    body: bytes,
-    secrets: Sequence[str],
-    *,
-    header_name: str,
-    now: int | None = None,
-) -> None:
-    """Raise the connector ``SignatureError`` unless ``body`` carries a valid, fresh signature."""
-    value = header(headers, header_name)
-    if value is None:
-        raise SignatureError(f"{header_name} header is missing")
-    try:
-        signatures.verify_webhook(body, value, secrets, now=now)
-    except signatures.SignatureError as exc:
-        raise SignatureError(str(exc)) from exc
-
-
-def parse_notice(
-    headers: Mapping[str, str], body: bytes, secrets: Sequence[str], *, now: int | None = None
-) -> CallbackNotice:
-    """A verified callback → which attempt it settles and how. The body is read only once it verified."""
-    verify_signature(headers, body, secrets, header_name=SIGNATURE_HEADER, now=now)
-    try:
-        notice = msgspec.json.decode(body, type=TransferNotice)
-    except msgspec.DecodeError as exc:
-        # Authentic but unreadable: the bank's bug, never a reason to act.
-        raise InvalidParams(f"bank callback body is not a transfer notice: {exc}") from exc
-    return CallbackNotice(attempt_id=notice.reference, result=transfer_result(_as_reply(notice)))
-
-
-def _as_reply(notice: TransferNotice) -> TransferReply:
-    return TransferReply(transfer_id=notice.transfer_id, reference=notice.reference, status=notice.status)
+NOTICE: Final = signed_http.SignedNotice(
+    header_name=SIGNATURE_HEADER,
+    model=TransferNotice,
+    result=_notice_result,
+    unreadable="bank callback body is not a transfer notice",
+)
+# A verified callback → which attempt it settles and how. The body is read only once it verified.
+parse_notice: Final = NOTICE.parse

@@ -17,38 +17,32 @@ POSTs a signed notify ``{order_id, reference, status, amount, currency, paid_at}
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 import msgspec
 
-from connectors.base import (
-    CallbackNotice,
-    ConnectorResult,
-    InvalidParams,
-    Outcome,
-    PaymentRequest,
-    SignatureError,
-)
-from crypto import signatures
+from connectors import signed_http
+from connectors.base import ConnectorResult, InvalidParams, Outcome, PaymentRequest
 
+# The refund call is the bank's too: its wire types live in connectors.signed_http, re-exported here
+# under the names this module has always had.
+from connectors.signed_http import RefundReply, RefundRequest, refund_request, refund_result
+
+__all__ = ["RefundReply", "RefundRequest", "refund_request", "refund_result"]
+
+PEER: Final = "the wallet"
 SIGNATURE_HEADER: Final = "Wallet-Signature"
 PROVIDERS: Final = frozenset({"alipay", "wechat_pay", "paypal"})
 DECLINE_CLOSED: Final = "wallet_order_closed"
-DECLINE_REFUND_REFUSED: Final = "refund_rejected"
-DECLINE_NEVER_RECEIVED: Final = "connector_unavailable"
 
 # Order statuses. ``unpaid`` is the payer still having to act; anything unlisted is *pending*.
 STATUS_MAP: Final[Mapping[str, Outcome]] = {
     "unpaid": Outcome.REQUIRES_ACTION,
     "paid": Outcome.SUCCEEDED,
     "closed": Outcome.FAILED,
-}
-REFUND_STATUS_MAP: Final[Mapping[str, Outcome]] = {
-    "succeeded": Outcome.SUCCEEDED,
-    "rejected": Outcome.FAILED,
-    "pending": Outcome.PENDING,
 }
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -83,23 +77,6 @@ class OrderNotice(msgspec.Struct, frozen=True):
 class CloseReply(msgspec.Struct, frozen=True):
     order_id: str
     status: str
-
-
-class RefundRequest(msgspec.Struct, frozen=True):
-    refund_reference: str
-    amount: int
-    currency: str
-
-
-class RefundReply(msgspec.Struct, frozen=True):
-    refund_id: str
-    status: str
-    reason: str | None = None
-
-
-class ErrorReply(msgspec.Struct, frozen=True):
-    error: str = "error"
-    message: str | None = None
 
 
 def outcome_of(status: str) -> Outcome:
@@ -147,57 +124,26 @@ def order_result(reply: OrderReply) -> ConnectorResult:
 
 def never_received() -> ConnectorResult:
     """The wallet has no order with our reference: it was never created, so nothing can be paid."""
-    return ConnectorResult(
-        Outcome.FAILED, decline_code=DECLINE_NEVER_RECEIVED, message="the wallet never received the order"
-    )
+    return signed_http.never_received("the wallet never received the order")
 
 
-def refund_request(attempt_id: str, amount: int, currency: str) -> RefundRequest:
-    return RefundRequest(refund_reference=attempt_id, amount=amount, currency=currency)
+refund_refused: Final = functools.partial(signed_http.refund_refused, by=PEER)
 
 
-def refund_result(reply: RefundReply) -> ConnectorResult:
-    outcome = REFUND_STATUS_MAP.get(reply.status, Outcome.PENDING)
-    if outcome is Outcome.FAILED:
-        return ConnectorResult(
-            Outcome.FAILED, reply.refund_id, decline_code=DECLINE_REFUND_REFUSED, raw_code=reply.reason
-        )
-    return ConnectorResult(outcome, reply.refund_id)
-
-
-def refund_refused(reason: str) -> ConnectorResult:
-    return ConnectorResult(
-        Outcome.FAILED, decline_code=DECLINE_REFUND_REFUSED, message="refused by the wallet", raw_code=reason
-    )
-
-
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive header lookup that also works on a plain dict (HTTP names are case-blind)."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    return next((v for k, v in headers.items() if k.lower() == lowered), None)
-
-
-def parse_notice(
-    headers: Mapping[str, str], body: bytes, secrets: Sequence[str], *, now: int | None = None
-) -> CallbackNotice:
-    """A verified notify → which attempt it settles and how. The body is read only once it verified."""
-    value = header(headers, SIGNATURE_HEADER)
-    if value is None:
-        raise SignatureError(f"{SIGNATURE_HEADER} header is missing")
-    try:
-        signatures.verify_webhook(body, value, secrets, now=now)
-    except signatures.SignatureError as exc:
-        raise SignatureError(str(exc)) from exc
-    try:
-        notice = msgspec.json.decode(body, type=OrderNotice)
-    except msgspec.DecodeError as exc:
-        raise InvalidParams(f"wallet notify body is not an order notice: {exc}") from exc
+def _notice_result(notice: OrderNotice) -> ConnectorResult:
     result = order_result(OrderReply(notice.order_id, notice.reference, notice.status))
     if result.outcome is Outcome.REQUIRES_ACTION:
         # A notify that the order is still unpaid says nothing new. As PENDING the core ignores it;
         # as REQUIRES_ACTION it could pull a payment that is being canceled back to requires_action.
-        result = ConnectorResult(Outcome.PENDING, notice.order_id, raw_code=notice.status)
-    return CallbackNotice(attempt_id=notice.reference, result=result)
+        return ConnectorResult(Outcome.PENDING, notice.order_id, raw_code=notice.status)
+    return result
+
+
+NOTICE: Final = signed_http.SignedNotice(
+    header_name=SIGNATURE_HEADER,
+    model=OrderNotice,
+    result=_notice_result,
+    unreadable="wallet notify body is not an order notice",
+)
+# A verified notify → which attempt it settles and how. The body is read only once it verified.
+parse_notice: Final = NOTICE.parse

@@ -1,14 +1,37 @@
-"""Helpers shared by the simulators: serving an aiohttp app, fault knobs."""
+"""Helpers shared by the simulators: serving an aiohttp app, fault knobs, JSON bodies and errors;
+and, for the bank and the e-wallet, signed callbacks and the refund call they both answer."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import secrets
+import ssl
+from collections import OrderedDict, deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Annotated, Any, Final, Generic, Protocol, Self, TypeVar
 
+import aiohttp
+import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from config.settings import SandboxService, Settings
+from crypto.pki import PkiError, PkiPaths, issue_client
+from crypto.signatures import sign_webhook
+from gateway.logs import get_logger
+
+# The callback machinery below was born in the bank simulator; its lines keep that logger name.
+log = get_logger("connectors.sandbox.bank")
+
+CLIENT_CERT_NAME: Final = "sandbox"
+RETRY_DELAYS: Final = (0.5, 1.0, 2.0)
+CALLBACK_TIMEOUT: Final = 5.0
+
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+Reference = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Amount = Annotated[int, msgspec.Meta(gt=0, le=10**15)]
 
 
 class Simulator(Protocol):
@@ -82,3 +105,271 @@ async def serve_app(app: web.Application, host: str, port: int) -> HttpSimulator
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
     return HttpSimulator(runner)
+
+
+def bound_port(server: HttpSimulator, asked: int) -> int:
+    """The port actually listened on: ``asked``, or the one the OS chose when asked for port 0."""
+    if asked:
+        return asked
+    return int(server.runner.addresses[0][1])
+
+
+def error_response(status: int, code: str, message: str = "") -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+async def decode_body(request: web.Request, model: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(await request.read(), type=model)
+    except msgspec.DecodeError as exc:
+        raise web.HTTPBadRequest(
+            text=msgspec.json.encode({"error": "invalid_request", "message": str(exc)}).decode(),
+            content_type="application/json",
+        ) from exc
+
+
+# ---- records by reference ------------------------------------------------------------------------
+
+
+class HasReference(Protocol):
+    reference: str
+
+
+R = TypeVar("R", bound=HasReference)
+
+
+class Records(OrderedDict[str, R], Generic[R]):
+    """A simulator's records by the merchant's reference, also found by the simulator's own id.
+
+    Beyond ``limit`` the oldest are forgotten: a long load run must not grow the simulator forever.
+    """
+
+    def __init__(self, limit: int, own_id: Callable[[R], str]) -> None:
+        super().__init__()
+        self._limit = limit
+        self._own_id = own_id
+        self._by_id: dict[str, str] = {}
+
+    def remember(self, record: R) -> None:
+        self[record.reference] = record
+        self._by_id[self._own_id(record)] = record.reference
+        while len(self) > self._limit:
+            _, oldest = self.popitem(last=False)
+            self._by_id.pop(self._own_id(oldest), None)
+
+    def find(self, ref: str) -> R | None:
+        """By the merchant's reference or by the simulator's own id."""
+        record = self.get(ref)
+        if record is None and (reference := self._by_id.get(ref)) is not None:
+            record = self.get(reference)
+        return record
+
+
+# ---- refunds (the bank's and the wallet's refund call is the same) -------------------------------
+
+
+class RefundIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    refund_reference: Reference
+    amount: Amount
+    currency: Currency
+
+
+@dataclass
+class Refund:
+    refund_id: str
+    refund_reference: str
+    amount: int
+    status: str = "succeeded"
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "refund_id": self.refund_id,
+            "refund_reference": self.refund_reference,
+            "amount": self.amount,
+            "status": self.status,
+        }
+
+
+class Refundable(Protocol):
+    @property
+    def status(self) -> str: ...
+
+    amount: int
+    currency: str
+    refunded: int
+    refunds: dict[str, Refund]
+
+
+@dataclass(frozen=True)
+class RefundRules:
+    """What differs between the bank's and the wallet's refunds: the words, not the rules."""
+
+    refundable_status: str  # the money has arrived: "settled", "paid"
+    not_refundable: str  # 409 error code before that
+    too_much: str  # 409 error code for more than is left
+    id_prefix: str
+
+
+def refund(target: Refundable, params: RefundIn, rules: RefundRules) -> web.Response:
+    """Refund part of ``target``, de-duplicated on ``refund_reference`` as a bank or wallet would."""
+    known = target.refunds.get(params.refund_reference)
+    if known is not None:
+        if known.amount != params.amount:
+            return error_response(409, "duplicate_reference", "refund_reference names another refund")
+        return web.json_response(known.view())
+    if params.currency != target.currency:
+        return error_response(400, "currency_mismatch")
+    if target.status != rules.refundable_status:
+        return error_response(409, rules.not_refundable)
+    if target.refunded + params.amount > target.amount:
+        return error_response(409, rules.too_much)
+    made = Refund(rules.id_prefix + secrets.token_hex(10), params.refund_reference, params.amount)
+    target.refunds[params.refund_reference] = made
+    target.refunded += params.amount
+    return web.json_response(made.view())
+
+
+# ---- signed callbacks ----------------------------------------------------------------------------
+
+
+def client_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """Trust the payhub CA and present the ``sandbox`` client certificate, issuing it if missing.
+
+    None when there is no payhub CA yet (callbacks to an HTTPS gateway will then fail and be logged).
+    """
+    paths = PkiPaths(settings.pki_dir)
+    if not paths.ca_cert.exists():
+        log.warning("sandbox.no_pki", pki=str(paths.root))
+        return None
+    cert, key = paths.client_cert(CLIENT_CERT_NAME), paths.client_key(CLIENT_CERT_NAME)
+    if not (cert.exists() and key.exists()):
+        try:
+            issue_client(paths, CLIENT_CERT_NAME, tenant="sandbox", role="client")
+        except (PkiError, OSError) as exc:  # e.g. a CA certificate without its key: trust only
+            log.warning("sandbox.client_cert_failed", error=str(exc))
+    context = ssl.create_default_context(cafile=str(paths.ca_cert))
+    if cert.exists() and key.exists():
+        context.load_cert_chain(cert, key)
+    return context
+
+
+def connector_secret(settings: Settings, connector: str) -> str | None:
+    config = settings.connectors.get(connector)
+    return config.secret if config is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One callback as sent, and what the receiver answered (``status`` None: no answer)."""
+
+    url: str
+    body: bytes
+    status: int | None
+    reply: bytes
+    attempts: int
+
+
+class CallbackSender:
+    """Signs and POSTs callbacks, retrying failures; remembers the last deliveries for tests."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        header: str,
+        connector: str,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
+    ) -> None:
+        self._settings = settings
+        self._header = header
+        self._connector = connector
+        self._secret = connector_secret(settings, connector)
+        self.retry_delays = retry_delays
+        self.deliveries: deque[Delivery] = deque(maxlen=1000)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._secret is None:
+            log.warning("sandbox.callbacks_unsigned", connector=self._connector)
+        context = client_ssl_context(self._settings)
+        connector = aiohttp.TCPConnector(ssl=context) if context is not None else aiohttp.TCPConnector()
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=CALLBACK_TIMEOUT)
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def sign(self, body: bytes) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self._secret is not None:
+            headers[self._header] = sign_webhook(body, [self._secret])
+        return headers
+
+    async def send(self, url: str, payload: dict[str, Any]) -> Delivery:
+        """Deliver once, retrying (with a fresh signature each time) until a 2xx or out of retries."""
+        assert self._session is not None, "start() first"
+        body = msgspec.json.encode(payload)
+        status: int | None = None
+        reply = b""
+        attempts = 0
+        for delay in (0.0, *self.retry_delays):
+            if delay:
+                await asyncio.sleep(delay)
+            attempts += 1
+            try:
+                async with self._session.post(url, data=body, headers=self.sign(body)) as response:
+                    status, reply = response.status, await response.read()
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                status, reply = None, str(exc).encode()
+            if status is not None and 200 <= status < 300:
+                break
+            log.info("sandbox.callback_retry", url=url, status=status, attempt=attempts)
+        delivery = Delivery(url, body, status, reply, attempts)
+        self.deliveries.append(delivery)
+        return delivery
+
+
+class CallbackSimulator:
+    """An HTTP simulator that signs and sends callbacks, from background tasks (settling, paying).
+
+    ``port=None`` listens on the configured sandbox port of ``service``; ``port=0`` on a free one:
+    read ``.port`` after :meth:`start`. Subclasses add their routes to ``self.app``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        service: SandboxService,
+        header: str,
+        connector: str,
+        host: str | None,
+        port: int | None,
+    ) -> None:
+        self.host = host or settings.sandbox.host
+        self.port = settings.sandbox.port(service) if port is None else port
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.callbacks = CallbackSender(settings, header=header, connector=connector)
+        self.app = simulator_app()
+        self._server: HttpSimulator | None = None
+
+    async def start(self) -> Self:
+        await self.callbacks.start()
+        self._server = await serve_app(self.app, self.host, self.port)
+        self.port = bound_port(self._server, self.port)
+        return self
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.close()
+        await self.callbacks.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

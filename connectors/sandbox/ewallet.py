@@ -27,7 +27,6 @@ import asyncio
 import html
 import secrets
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
@@ -36,32 +35,40 @@ import msgspec
 from aiohttp import web
 
 from config.settings import Settings
-from connectors.sandbox.bank import (
-    CallbackSender,
+from connectors.sandbox.common import (
+    Amount,
+    CallbackSimulator,
+    Currency,
     Delivery,
+    Records,
+    Reference,
     Refund,
     RefundIn,
-    bound_port,
+    RefundRules,
     decode_body,
     error_response,
+    refund,
 )
-from connectors.sandbox.common import HttpSimulator, serve_app, simulator_app
 
 PAY_AFTER: Final = 1.0
 ORDER_TIMEOUT: Final = 900.0
 SIGNATURE_HEADER: Final = "Wallet-Signature"
 CONNECTOR: Final = "ewallet"
 MAX_ORDERS: Final = 100_000
+REFUNDS: Final = RefundRules(
+    refundable_status="paid",
+    not_refundable="order_not_paid",
+    too_much="amount_exceeds_order",
+    id_prefix="wrf_",
+)
 QR_PROVIDERS: Final = frozenset({"alipay", "wechat_pay"})
-
-Reference = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 class OrderIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reference: Reference
     provider: Literal["alipay", "wechat_pay", "paypal"]
-    amount: Annotated[int, msgspec.Meta(gt=0, le=10**15)]
-    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+    amount: Amount
+    currency: Currency
     notify_url: Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=2048)]
 
 
@@ -126,7 +133,7 @@ class Order:
         return (params.provider, params.amount, params.currency) == mine
 
 
-class EwalletSandbox:
+class EwalletSandbox(CallbackSimulator):
     """The wallet. ``pay_after`` (seconds, or None: never) and ``order_timeout`` are public knobs,
     read when an order is opened. ``port=0`` listens on a free port: read ``.port`` after :meth:`start`."""
 
@@ -139,15 +146,12 @@ class EwalletSandbox:
         host: str | None = None,
         port: int | None = None,
     ) -> None:
+        super().__init__(
+            settings, service="ewallet", header=SIGNATURE_HEADER, connector=CONNECTOR, host=host, port=port
+        )
         self.pay_after = pay_after
         self.order_timeout = order_timeout
-        self.host = host or settings.sandbox.host
-        self.port = settings.sandbox.ewallet if port is None else port
-        self.orders: OrderedDict[str, Order] = OrderedDict()
-        self._by_id: dict[str, str] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.callbacks = CallbackSender(settings, header=SIGNATURE_HEADER, connector=CONNECTOR)
-        self.app = simulator_app()
+        self.orders: Records[Order] = Records(MAX_ORDERS, lambda o: o.order_id)
         self.app.router.add_post("/orders", self._create)
         self.app.router.add_get("/orders/{ref}", self._get)
         self.app.router.add_post("/orders/{ref}/close", self._close)
@@ -155,46 +159,17 @@ class EwalletSandbox:
         self.app.router.add_post("/simulate/pay/{ref}", self._simulate_pay)
         self.app.router.add_get("/checkout/{ref}", self._checkout)
         self.app.router.add_post("/simulate/config", self._config)
-        self._server: HttpSimulator | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def start(self) -> EwalletSandbox:
-        await self.callbacks.start()
-        self._server = await serve_app(self.app, self.host, self.port)
-        self.port = bound_port(self._server, self.port)
-        return self
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.close()
-        await self.callbacks.close()
-
     def find(self, ref: str) -> Order | None:
         """By our reference or by the wallet's order id; an order past its time-out is closed here."""
-        order = self.orders.get(ref)
-        if order is None and (reference := self._by_id.get(ref)) is not None:
-            order = self.orders.get(reference)
+        order = self.orders.find(ref)
         if order is not None:
             order.expire(time.time())
         return order
-
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _remember(self, order: Order) -> None:
-        self.orders[order.reference] = order
-        self._by_id[order.order_id] = order.reference
-        while len(self.orders) > MAX_ORDERS:
-            _, oldest = self.orders.popitem(last=False)
-            self._by_id.pop(oldest.order_id, None)
 
     async def _create(self, request: web.Request) -> web.Response:
         params: OrderIn = await decode_body(request, OrderIn)
@@ -215,7 +190,7 @@ class EwalletSandbox:
             checkout_url=f"{self.base_url}/checkout/{order_id}",
             expires_at=time.time() + self.order_timeout,
         )
-        self._remember(order)
+        self.orders.remember(order)
         if self.pay_after is not None:
             self._spawn(self._pay_later(order, self.pay_after))
         return web.json_response(order.view(), status=201)
@@ -240,21 +215,7 @@ class EwalletSandbox:
         order = self.find(request.match_info["ref"])
         if order is None:
             return error_response(404, "order_not_found")
-        known = order.refunds.get(params.refund_reference)
-        if known is not None:
-            if known.amount != params.amount:
-                return error_response(409, "duplicate_reference", "refund_reference names another refund")
-            return web.json_response(known.view())
-        if params.currency != order.currency:
-            return error_response(400, "currency_mismatch")
-        if order.status != "paid":
-            return error_response(409, "order_not_paid")
-        if order.refunded + params.amount > order.amount:
-            return error_response(409, "amount_exceeds_order")
-        refund = Refund("wrf_" + secrets.token_hex(10), params.refund_reference, params.amount)
-        order.refunds[params.refund_reference] = refund
-        order.refunded += params.amount
-        return web.json_response(refund.view())
+        return refund(order, params, REFUNDS)
 
     async def _simulate_pay(self, request: web.Request) -> web.Response:
         order = self.find(request.match_info["ref"])
