@@ -71,6 +71,7 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
     app[PAYMENTS] = PaymentService(app[DB_POOL], keyring, connectors, routing, app[METRICS])
     app[PAYMENTS].bills = BillPoster(app[PAYMENTS], app[BILLERS], connectors)
     app[REFUNDS] = RefundService(app[DB_POOL], connectors)
+    app[PAYMENTS].refunds = app[REFUNDS]
     async with (
         background(run_resolver(app[PAYMENTS], RESOLVER_INTERVAL), name="resolver"),
         background(run_pruner(app[DB_POOL], PRUNE_INTERVAL), name="idempotency-pruner"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import msgspec
@@ -134,6 +134,7 @@ class PaymentService:
     ) -> None:
         self._metrics = metrics or Metrics()
         self.bills: BillPoster | None = None  # set when biller connectors are configured
+        self.refunds: RefundResolver | None = None  # settles refunds whose outcome was unknown
         self._pool = pool
         self._keyring = keyring
         self._connectors = connectors
@@ -687,13 +688,14 @@ class PaymentService:
                 WITH due AS (
                     SELECT a.id FROM payment_attempts a
                     WHERE a.status IN ('pending', 'unknown') AND a.next_check <= now()
-                      AND a.operation IN ('authorize', 'capture', 'void', 'post_bill')
+                      AND a.operation IN ('authorize', 'capture', 'void', 'refund', 'post_bill')
                     ORDER BY a.next_check LIMIT $1 FOR UPDATE SKIP LOCKED
                 )
                 UPDATE payment_attempts a SET next_check = now() + interval '30 seconds', tries = a.tries + 1
                 FROM due, payments p
                 WHERE a.id = due.id AND p.id = a.payment_id
                 RETURNING a.id, a.payment_id, a.tenant, a.operation, a.connector, a.amount, a.tries,
+                          a.refund_id,
                           p.currency, p.capture_method
                 """,
                 limit,
@@ -703,6 +705,10 @@ class PaymentService:
         return len(due)
 
     async def _resolve(self, attempt: Any) -> None:
+        if attempt["operation"] == "refund":
+            if not (self.refunds is not None and await self.refunds.resolve(attempt)):
+                await self._recheck_later(attempt)
+            return
         if attempt["operation"] == "post_bill":
             # For a bill posting the attempt's `connector` column holds the biller id.
             settled = self.bills is not None and await self.bills.resolve(
@@ -934,6 +940,10 @@ async def _post_ledger(conn: Connection, row: Any, decision: Decision, connector
             moves = [ledger.Move(destination, receivable, amount, currency, "pending", "pending")]
     if moves:
         await ledger.post(conn, tenant=tenant, kind=kind, moves=moves, payment_id=payment_id)
+
+
+class RefundResolver(Protocol):
+    async def resolve(self, attempt: Any) -> bool: ...
 
 
 def _hold_for_bill(decision: Decision, *, has_bill: bool) -> tuple[Decision, bool]:

@@ -8,6 +8,8 @@ refund gives the reserved amount back. Stored-balance payments are refunded by a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import orjson
@@ -26,6 +28,19 @@ from gateway.store import payments as store
 from gateway.store.idempotency import Claimed
 from gateway.store.outcomes import OutcomeRecord
 from gateway.store.types import Connection
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """Which refund an answer is about (and where its money goes in the ledger)."""
+
+    tenant: str
+    payment_id: str
+    refund_id: str
+    attempt_id: str
+    connector: str
+    amount: int
+    currency: str
 
 
 class RefundService:
@@ -122,6 +137,7 @@ class RefundService:
                 operation="refund",
                 connector=payment["connector"],
                 amount=amount,
+                refund_id=refund_id,
             )
             await idempotency.set_recovery_point(
                 conn, tenant=tenant, key=keyed.key, point="attempt_created", object_id=refund_id
@@ -146,27 +162,9 @@ class RefundService:
             status = "succeeded" if succeeded else "failed" if failed else "pending"
             reference, failure = result.reference, result.decline_code if failed else None
         async with self._pool.acquire() as conn, conn.transaction():
-            if status == "succeeded":
-                await ledger.post(
-                    conn,
-                    tenant=tenant,
-                    kind="refund",
-                    moves=[
-                        ledger.Move(
-                            ledger.SystemAccount(tenant, "tenant_clearing", "default", currency),
-                            ledger.SystemAccount(tenant, "connector_receivable", connector_name, currency),
-                            amount,
-                            currency,
-                        )
-                    ],
-                    payment_id=params.payment,
-                    refund_id=refund_id,
-                )
-            elif status == "failed":
-                await store.release_refund(conn, tenant=tenant, payment_id=params.payment, amount=amount)
-            return await self._settle(
+            return await self._apply(
                 conn,
-                refund_id,
+                Settlement(tenant, params.payment, refund_id, attempt_id, connector_name, amount, currency),
                 status=status,
                 reference=reference,
                 failure=failure,
@@ -174,6 +172,93 @@ class RefundService:
                 identity=identity,
                 source=source,
             )
+
+    async def resolve(self, attempt: Any) -> bool:
+        """Status inquiry for a refund whose outcome was unknown; True when it became definite."""
+        connector = self._connectors.get(attempt["connector"])
+        if connector is None or attempt["refund_id"] is None:
+            return False
+        try:
+            result = await connector.sync(attempt_id=attempt["id"], operation="refund")
+        except ConnectorError:
+            return False
+        if result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
+            return False
+        async with self._pool.acquire() as conn, conn.transaction():
+            refund = await conn.fetchrow(
+                "SELECT currency, status FROM refunds WHERE id = $1 FOR UPDATE", attempt["refund_id"]
+            )
+            if refund is None or refund["status"] != "pending":
+                return False  # settled meanwhile
+            succeeded = result.outcome is Outcome.SUCCEEDED
+            await self._apply(
+                conn,
+                Settlement(
+                    attempt["tenant"],
+                    attempt["payment_id"],
+                    attempt["refund_id"],
+                    attempt["id"],
+                    attempt["connector"],
+                    attempt["amount"],
+                    refund["currency"],
+                ),
+                status="succeeded" if succeeded else "failed",
+                reference=result.reference,
+                failure=None if succeeded else result.decline_code or "refund_failed",
+                keyed=None,
+                identity=None,
+                source=None,
+            )
+        return True
+
+    async def _apply(
+        self,
+        conn: Connection,
+        refund: Settlement,
+        *,
+        status: str,
+        reference: str | None,
+        failure: str | None,
+        keyed: KeyedRequest | None,
+        identity: Identity | None,
+        source: str | None,
+    ) -> Response:
+        """Ledger for a refund that happened, the reserved amount back for one that did not."""
+        if status == "succeeded":
+            await ledger.post(
+                conn,
+                tenant=refund.tenant,
+                kind="refund",
+                moves=[
+                    ledger.Move(
+                        ledger.SystemAccount(refund.tenant, "tenant_clearing", "default", refund.currency),
+                        ledger.SystemAccount(
+                            refund.tenant, "connector_receivable", refund.connector, refund.currency
+                        ),
+                        refund.amount,
+                        refund.currency,
+                    )
+                ],
+                payment_id=refund.payment_id,
+                refund_id=refund.refund_id,
+            )
+        elif status == "failed":
+            await store.release_refund(
+                conn, tenant=refund.tenant, payment_id=refund.payment_id, amount=refund.amount
+            )
+        else:  # unknown: keep the amount reserved; the resolver asks the connector
+            await store.mark_unknown(conn, attempt_id=refund.attempt_id)
+        return await self._settle(
+            conn,
+            refund.refund_id,
+            status=status,
+            reference=reference,
+            failure=failure,
+            keyed=keyed,
+            identity=identity,
+            source=source,
+            tenant=refund.tenant,
+        )
 
     async def _settle(
         self,
@@ -183,11 +268,12 @@ class RefundService:
         status: str,
         reference: str | None,
         failure: str | None,
-        keyed: KeyedRequest,
-        identity: Identity,
+        keyed: KeyedRequest | None,
+        identity: Identity | None,
         source: str | None,
+        tenant: str | None = None,
     ) -> Response:
-        tenant = identity.tenant
+        tenant = tenant or (identity.tenant if identity else "")
         row = await store.finish_refund(
             conn, tenant=tenant, refund_id=refund_id, status=status, reference=reference, failure_code=failure
         )
@@ -200,12 +286,12 @@ class RefundService:
                 event_id=new_id("evt"),
                 event_type=f"refund.{status}",
                 body=body,
-                actor=identity.spiffe_id,
-                action="refund.create",
+                actor=identity.spiffe_id if identity else "payhub",
+                action="refund.create" if keyed else "refund.resolve",
                 outcome=status,
                 source=source,
                 details={"payment": row["payment_id"], "amount": row["amount"], "currency": row["currency"]},
-                idempotency_key=keyed.key,
+                idempotency_key=keyed.key if keyed else None,
             ),
         )
         return Response(200, body)

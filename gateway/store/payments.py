@@ -45,8 +45,8 @@ UPDATE idempotency_keys SET recovery_point = $16, object_id = $1 WHERE tenant = 
 """
 
 _INSERT_ATTEMPT = """
-INSERT INTO payment_attempts (id, payment_id, tenant, operation, connector, amount, status)
-VALUES ($1, $2, $3, $4, $5, $6, 'started')
+INSERT INTO payment_attempts (id, payment_id, tenant, operation, connector, amount, status, refund_id)
+VALUES ($1, $2, $3, $4, $5, $6, 'started', $7)
 """
 
 
@@ -170,8 +170,11 @@ async def insert_attempt(
     operation: str,
     connector: str,
     amount: int,
+    refund_id: str | None = None,
 ) -> None:
-    await conn.execute(_INSERT_ATTEMPT, attempt_id, payment_id, tenant, operation, connector, amount)
+    await conn.execute(
+        _INSERT_ATTEMPT, attempt_id, payment_id, tenant, operation, connector, amount, refund_id
+    )
 
 
 @dataclass(frozen=True, slots=True)

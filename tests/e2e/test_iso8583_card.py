@@ -394,3 +394,27 @@ async def test_gateway_settles_a_lost_answer_by_inquiry_and_charges_once(
     [charge] = sim.book.values()
     assert (charge.rrn, charge.charged) == (payment.body["connector_reference"], 4321)
     assert sim.received["0200"] == 1  # the inquiry is an 0100; nothing was charged twice
+
+
+async def test_gateway_settles_a_refund_whose_answer_was_lost(
+    card_stack: tuple[Api, AcquirerSimulator],
+) -> None:
+    api, sim = card_stack
+    paid = await api.post("/v1/payments", card_payment(amount=8000))
+    assert paid.body["status"] == "succeeded", paid.body
+    # The refund happens at the acquirer and every answer to it (and to its repeats) is lost.
+    sim.lose_next_answers["0200"] = 10
+    sim.lose_next_answers["0201"] = 10
+    refund = await api.post("/v1/refunds", {"payment": paid.body["id"], "amount": 3000})
+    sim.lose_next_answers.clear()
+    assert refund.status == 200, refund.body
+    assert refund.body["status"] == "pending"
+    for _ in range(60):  # the resolver asks the acquirer by RRN
+        await asyncio.sleep(0.1)
+        refund = await api.get(f"/v1/refunds/{refund.body['id']}")
+        if refund.body["status"] != "pending":
+            break
+    assert refund.body["status"] == "succeeded"
+    payment = await api.get(f"/v1/payments/{paid.body['id']}")
+    assert payment.body["amount_refunded"] == 3000
+    assert sim.book[paid.body["connector_reference"]].refunded == 3000  # refunded once
