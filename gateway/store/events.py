@@ -7,10 +7,10 @@ transaction as the change they describe; ``data`` holds the object's JSON as it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
+from gateway.store.pages import Filters, newest_first
 from gateway.store.types import Connection
 
 EVENT_COLUMNS = "id, tenant, type, object_id, data::text, created"
@@ -49,32 +49,15 @@ async def list_events(
     caller tells "past the end" from "no such cursor" with :func:`event_exists`, which it needs
     only for an empty page (one round trip in the common case).
     """
-    conditions = ["tenant = $1"]
-    args: list[Any] = [tenant]
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    if filters.type is not None:
-        conditions.append(f"type = {arg(filters.type)}")
-    if filters.object_id is not None:
-        conditions.append(f"object_id = {arg(filters.object_id)}")
-    cursor = ending_before or starting_after
-    if cursor is not None:
-        # The cursor's own position is read in the same statement: no extra round trip.
-        position = f"(SELECT created, id FROM events WHERE id = {arg(cursor)} AND tenant = $1)"  # noqa: S608
-        comparison = ">" if ending_before else "<"
-        conditions.append(f"(created, id) {comparison} {position}")
-    order = "ASC" if ending_before else "DESC"
-    where = " AND ".join(conditions)
-    sql = (
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} "  # noqa: S608 - only placeholders interpolated
-        f"ORDER BY created {order}, id {order} LIMIT {arg(limit + 1)}"
+    where = Filters(tenant)
+    where.add("type", "=", filters.type)
+    where.add("object_id", "=", filters.object_id)
+    return await newest_first(
+        conn,
+        table="events",
+        columns=EVENT_COLUMNS,
+        filters=where,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
     )
-    rows = list(await conn.fetch(sql, *args))
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    if ending_before:
-        rows.reverse()
-    return rows, has_more

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import asyncpg
 
 from gateway.domain.payment_state import Status, sources
+from gateway.store.pages import Filters, newest_first
 from gateway.store.types import Connection
 
 PAYMENT_COLUMNS = """
@@ -313,52 +313,27 @@ async def list_payments(
 
     A cursor that is not the caller's object behaves as if it did not exist (404 upstream).
     """
-    conditions = ["tenant = $1"]
-    args: list[Any] = [tenant]
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    simple: Mapping[str, Any] = {
-        "status": filters.status,
-        "method": filters.method,
-        "customer_id": filters.customer,
-        "biller": filters.biller,
-    }
-    for column, value in simple.items():
-        if value is not None:
-            conditions.append(f"{column} = {arg(value)}")
+    where = Filters(tenant)
+    where.add("status", "=", filters.status)
+    where.add("method", "=", filters.method)
+    where.add("customer_id", "=", filters.customer)
+    where.add("biller", "=", filters.biller)
     # `created` is shown in whole seconds, so bounds compare at that precision: created_lte=<a
     # payment's own created> includes it. The column stays bare so the index still serves.
-    created_gte = _ceil_second(filters.created_gte)
-    created_lt = _floor_second(filters.created_lte) + timedelta(seconds=1) if filters.created_lte else None
-    for column, op, value in (
-        ("created", ">=", created_gte),
-        ("created", "<", created_lt),
-        ("amount", ">=", filters.amount_gte),
-        ("amount", "<=", filters.amount_lte),
-    ):
-        if value is not None:
-            conditions.append(f"{column} {op} {arg(value)}")
-    cursor = ending_before or starting_after
-    if cursor is not None:
-        # The cursor's own position is read in the same statement: no extra round trip.
-        position = f"(SELECT created, id FROM payments WHERE id = {arg(cursor)} AND tenant = $1)"  # noqa: S608
-        comparison = ">" if ending_before else "<"
-        conditions.append(f"(created, id) {comparison} {position}")
-    order = "ASC" if ending_before else "DESC"
-    where = " AND ".join(conditions)
-    sql = (
-        f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE {where} "  # noqa: S608 - only placeholders interpolated
-        f"ORDER BY created {order}, id {order} LIMIT {arg(limit + 1)}"
+    where.add("created", ">=", _ceil_second(filters.created_gte))
+    if filters.created_lte is not None:
+        where.add("created", "<", _floor_second(filters.created_lte) + timedelta(seconds=1))
+    where.add("amount", ">=", filters.amount_gte)
+    where.add("amount", "<=", filters.amount_lte)
+    return await newest_first(
+        conn,
+        table="payments",
+        columns=PAYMENT_COLUMNS,
+        filters=where,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
     )
-    rows = list(await conn.fetch(sql, *args))
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    if ending_before:
-        rows.reverse()
-    return rows, has_more
 
 
 async def cursor_exists(conn: Connection, *, tenant: str, payment_id: str) -> bool:

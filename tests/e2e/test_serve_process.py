@@ -9,29 +9,14 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-import pytest
 
 from crypto.pki import PkiPaths
 from gateway.store.embedded import with_database
 from tests.support import postgres
 from tests.support.mtls import client
-from tests.support.processes import free_port, payhub_env, run_payhub, start_payhub
+from tests.support.processes import free_port, payhub_env, run_payhub, start_payhub, wait_ready
 
 PAN = "4111111111111111"
-
-
-async def wait_ready(ops_port: int, deadline: float = 60.0) -> None:
-    started = time.monotonic()
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() - started < deadline:
-            try:
-                async with session.get(f"http://127.0.0.1:{ops_port}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    pytest.fail("gateway did not become ready")
 
 
 async def test_serve_process_end_to_end(payhub_home: Path, db_url: str, tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import aiohttp
 
 from crypto.pki import PkiPaths
 from tests.support.mtls import client
-from tests.support.processes import free_port, payhub_env, start_payhub
-from tests.support.traffic import REDIS_URL, config_with_limits, needs_redis, unique_prefix, wait_ready
+from tests.support.processes import free_port, payhub_env, start_payhub, wait_ready
+from tests.support.traffic import REDIS_URL, config_with_limits, needs_redis, unique_prefix
 
 BUDGET = 25
 

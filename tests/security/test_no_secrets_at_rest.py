@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from crypto.pki import PkiPaths
-from tests.e2e.test_serve_process import wait_ready
 from tests.support.api import api_client, card_payment
 from tests.support.processes import (
     config_with_free_sandbox_ports,
@@ -21,6 +20,7 @@ from tests.support.processes import (
     payhub_env,
     run_payhub,
     start_payhub,
+    wait_ready,
 )
 
 PANS = ["4111111111111111", "5555555555554444", "6212345678901265", "4000000000000002", "4000000000009995"]

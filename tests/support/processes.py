@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
+
+import aiohttp
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,3 +65,18 @@ def config_with_free_sandbox_ports(directory: Path) -> Path:
     path = directory / "payhub-sandbox.toml"
     path.write_text(text)
     return path
+
+
+async def wait_ready(ops_port: int, deadline: float = 60.0) -> None:
+    """Until a ``payhub serve`` process answers /readyz on its ops port."""
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() - started < deadline:
+            try:
+                async with session.get(f"http://127.0.0.1:{ops_port}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    pytest.fail("gateway did not become ready")

@@ -124,18 +124,3 @@ def stalled_post(path: str, *, declared: int = 1000, sent: bytes = b'{"message":
         f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         f"Content-Length: {declared}\r\n\r\n"
     ).encode() + sent
-
-
-async def wait_ready(ops_port: int, deadline: float = 60.0) -> None:
-    """Until a ``payhub serve`` process answers /readyz on its ops port."""
-    started = time.monotonic()
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() - started < deadline:
-            try:
-                async with session.get(f"http://127.0.0.1:{ops_port}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    pytest.fail("gateway did not become ready")
