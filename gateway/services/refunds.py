@@ -79,6 +79,13 @@ class RefundService:
             payment = await store.get_payment(conn, tenant=tenant, payment_id=params.payment)
             if payment is None:
                 raise errors.NotFound(f"No such payment: '{params.payment}'.", param="payment")
+            if payment["biller"] is not None:
+                # The money went on to the biller: giving it back takes the biller's reversal, not a
+                # refund of the card (a rejected or reversed posting is refunded automatically).
+                raise errors.Conflict(
+                    "A bill payment posted to its biller cannot be refunded here.",
+                    code="bill_payment_not_refundable",
+                )
             refundable = payment["amount_captured"] - payment["amount_refunded"]
             amount = params.amount if params.amount is not None else refundable
             if payment["status"] != "succeeded" or refundable <= 0:

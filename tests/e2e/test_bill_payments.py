@@ -68,6 +68,8 @@ async def test_electricity_bill_fetched_and_paid_by_card(acme: Api, running: Run
     assert payment["bill_posting"]["biller_reference"]
     assert payment["amount_captured"] == bill["amount_due"]
     assert "bill.posted" in await events_of(running, payment["id"])
+    refund = await acme.post("/v1/refunds", {"payment": payment["id"]})
+    assert (refund.status, refund.body["error"]["code"]) == (409, "bill_payment_not_refundable")
     async with running.gw.api[DB_POOL].acquire() as conn:
         payable = await conn.fetchval(
             "SELECT sum(amount) FROM ledger_entries "
