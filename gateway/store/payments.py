@@ -35,13 +35,13 @@ WITH payment AS (
                           customer_id, customer, description, metadata, connector, destination_account,
                           biller, bill)
     VALUES ($1, $2, 'new', $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13,
-            $17, $18::jsonb)
+            $14, $15::jsonb)
     RETURNING id
 ), attempt AS (
     INSERT INTO payment_attempts (id, payment_id, tenant, operation, connector, amount, status)
-    SELECT $14, payment.id, $2, 'authorize', $12, $3, 'started' FROM payment
+    SELECT $16, payment.id, $2, 'authorize', $12, $3, 'started' FROM payment
 )
-UPDATE idempotency_keys SET recovery_point = $16, object_id = $1 WHERE tenant = $2 AND key = $15
+UPDATE idempotency_keys SET recovery_point = $18, object_id = $1 WHERE tenant = $2 AND key = $17
 """
 
 _INSERT_ATTEMPT = """
@@ -69,9 +69,9 @@ class NewPayment:
     bill: str | None = None  # JSON text: {"biller", "customer_params", "bill_ref"}
 
 
-async def insert_payment(conn: Connection, payment: NewPayment) -> asyncpg.Record:
-    row: asyncpg.Record | None = await conn.fetchrow(
-        _INSERT_PAYMENT,
+def _payment_args(payment: NewPayment) -> tuple[object, ...]:
+    """The payment's columns in the order both inserts ($1…$15) expect them."""
+    return (
         payment.id,
         payment.tenant,
         payment.amount,
@@ -88,6 +88,10 @@ async def insert_payment(conn: Connection, payment: NewPayment) -> asyncpg.Recor
         payment.biller,
         payment.bill,
     )
+
+
+async def insert_payment(conn: Connection, payment: NewPayment) -> asyncpg.Record:
+    row: asyncpg.Record | None = await conn.fetchrow(_INSERT_PAYMENT, *_payment_args(payment))
     assert row is not None
     return row
 
@@ -95,27 +99,7 @@ async def insert_payment(conn: Connection, payment: NewPayment) -> asyncpg.Recor
 async def start_payment(
     conn: Connection, payment: NewPayment, *, attempt_id: str, idempotency_key: str, recovery_point: str
 ) -> None:
-    await conn.execute(
-        _START_PAYMENT,
-        payment.id,
-        payment.tenant,
-        payment.amount,
-        payment.currency,
-        payment.method,
-        payment.payment_method,
-        payment.capture_method,
-        payment.customer_id,
-        payment.customer,
-        payment.description,
-        payment.metadata,
-        payment.connector,
-        payment.destination_account,
-        attempt_id,
-        idempotency_key,
-        recovery_point,
-        payment.biller,
-        payment.bill,
-    )
+    await conn.execute(_START_PAYMENT, *_payment_args(payment), attempt_id, idempotency_key, recovery_point)
 
 
 async def fall_back(
