@@ -10,6 +10,7 @@ from datetime import date
 import asyncpg
 
 from config.settings import ConfigError, Settings, load_settings
+from connectors.base import ConnectorError
 from crypto.audit_chain import AuditChainError
 from crypto.keyring import KeyringError
 from crypto.pki import PkiError, PkiPaths, init_pki, issue_client, revoke_client
@@ -179,11 +180,17 @@ def _recon(settings: Settings, args: argparse.Namespace) -> int:
                     print(f"no biller connector named {args.connector!r}", file=sys.stderr)
                     return 2
                 totals = [0, 0, 0, 0]
+                failed = 0
                 for connector in chosen.values():
                     for biller in await connector.describe():
-                        result = await reconcile(
-                            pool, connector, biller.id, args.date, timezone=biller.timezone
-                        )
+                        try:
+                            result = await reconcile(
+                                pool, connector, biller.id, args.date, timezone=biller.timezone
+                            )
+                        except ConnectorError as exc:  # this biller's file is not available: say so, go on
+                            print(f"{args.date} {biller.id}: no reconciliation file ({exc})")
+                            failed += 1
+                            continue
                         print(result.line())
                         for index, value in enumerate(
                             (
@@ -197,8 +204,9 @@ def _recon(settings: Settings, args: argparse.Namespace) -> int:
                 print(
                     f"total: matched {totals[0]}, mismatched {totals[1]}, "
                     f"missing at hub {totals[2]}, missing at biller {totals[3]}"
+                    + (f"; {failed} biller(s) without a file" if failed else "")
                 )
-                return 0
+                return 1 if failed else 0
             finally:
                 await connectors.close()
 
@@ -255,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         serve_forever(settings, workers=args.workers, sandbox=args.sandbox)
         return 0
-    except (ConfigError, PkiError, AuditChainError, MigrationError, KeyringError) as exc:
+    except (ConfigError, PkiError, AuditChainError, MigrationError, KeyringError, ConnectorError) as exc:
         print(f"payhub: {exc}", file=sys.stderr)
         return 2
 
