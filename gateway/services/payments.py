@@ -623,8 +623,10 @@ class PaymentService:
                         attempt_id=attempt_id, reference=row["connector_reference"]
                     )
                     known = result is not None and result.outcome is not ConnectorOutcome.PENDING
+                    refusal: ConnectorError | None = None
                 except ConnectorError as exc:
                     result, known = None, exc.outcome_known
+                    refusal = None if exc.retriable else exc  # e.g. the wallet order was paid meanwhile
                 if not known:
                     # Sent, no definite answer: stay processing; the resolver asks until it knows.
                     async with self._pool.acquire() as conn, conn.transaction():
@@ -643,10 +645,13 @@ class PaymentService:
                             allowed=["processing"],
                             target=row["previous_status"],
                         )
-                    if result is None:
+                    if result is None and refusal is None:
                         raise errors.Unavailable("The connector could not release the payment; retry.")
+                    reason = (
+                        refusal.code if refusal is not None else (result and result.decline_code) or "refused"
+                    )
                     raise errors.Conflict(
-                        f"The processor refused to cancel this payment ({result.decline_code or 'refused'}).",
+                        f"The processor refused to cancel this payment ({reason}).",
                         code="payment_cancel_refused",
                     )
             decision = Decision(store.PaymentUpdate(Status.CANCELED), "succeeded", "payment.canceled", 0)

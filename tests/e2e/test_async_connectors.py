@@ -314,3 +314,25 @@ async def test_message_sink_round_trip(settings: Settings) -> None:
     assert [m["body"] for m in messages] == ["Your code is 123456", "Your code is 654321"]  # newest last
     assert set(messages[0]) == {"to", "channel", "body", "sent"}
     assert messages[0]["sent"].endswith("Z")
+
+
+async def test_cancel_of_a_wallet_order_paid_meanwhile_is_refused_and_the_payment_settles(
+    stack: Stack,
+) -> None:
+    created = await stack.acme.post("/v1/payments", wallet("alipay"))
+    payment = created.body
+    order = stack.wallet.find(payment["connector_reference"])
+    assert order is not None
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stack.wallet.base_url}/simulate/pay/{order.order_id}") as paid,
+    ):
+        assert paid.status == 200
+    canceled = await stack.acme.post(f"/v1/payments/{payment['id']}/cancel", {})
+    assert (canceled.status, canceled.body["error"]["code"]) == (409, "payment_cancel_refused")
+    for _ in range(50):  # the notify (or the resolver) settles the paid order
+        current = (await stack.acme.get(f"/v1/payments/{payment['id']}")).body
+        if current["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.1)
+    assert current["status"] == "succeeded"
