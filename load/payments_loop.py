@@ -15,6 +15,7 @@ import os
 import secrets
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,44 +51,64 @@ async def prepare_balance(session: aiohttp.ClientSession, base: str) -> str:
     return str(account)
 
 
-async def run(args: argparse.Namespace) -> None:
-    home = Path(os.environ.get("PAYHUB_HOME", "var"))
-    base = f"https://localhost:{args.port}"
-    connector = aiohttp.TCPConnector(ssl=ssl_context(home, args.tenant), limit=args.concurrency)
+@dataclass(frozen=True)
+class Stats:
+    requests: int
+    rate: float  # requests per second
+    p50: float  # milliseconds
+    p99: float
+    max: float
+    errors: int  # responses other than 200
+
+
+async def measure(
+    base: str, method: str, *, concurrency: int, seconds: float, home: Path, tenant: str = "acme"
+) -> Stats:
+    """Closed loop: ``concurrency`` clients each send the next payment as soon as one returns."""
+    connector = aiohttp.TCPConnector(ssl=ssl_context(home, tenant), limit=concurrency)
     latencies: list[float] = []
-    statuses: dict[int, int] = {}
+    errors = 0
     async with aiohttp.ClientSession(connector=connector) as session:
-        account = await prepare_balance(session, base) if args.method == "balance" else ""
-        deadline = time.perf_counter() + args.seconds
+        account = await prepare_balance(session, base) if method == "balance" else ""
+        deadline = time.perf_counter() + seconds
         counter = 0
 
         async def client() -> None:
-            nonlocal counter
+            nonlocal counter, errors
             while time.perf_counter() < deadline:
                 counter += 1
                 body = card_body(counter)
-                if args.method == "balance":
+                if method == "balance":
                     body["payment_method"] = {"type": "balance", "balance": {"account": account}}
                     body["amount"] = 100
                 headers = {"Idempotency-Key": secrets.token_hex(12)}
                 started = time.perf_counter()
                 async with session.post(f"{base}/v1/payments", json=body, headers=headers) as resp:
                     await resp.read()
-                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                    errors += resp.status != 200
                 latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(args.concurrency)))
+        await asyncio.gather(*(client() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     latencies.sort()
 
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
 
+    return Stats(len(latencies), len(latencies) / elapsed, pct(0.50), pct(0.99), latencies[-1] * 1000, errors)
+
+
+async def run(args: argparse.Namespace) -> None:
+    home = Path(os.environ.get("PAYHUB_HOME", "var"))
+    base = f"https://localhost:{args.port}"
+    stats = await measure(
+        base, args.method, concurrency=args.concurrency, seconds=args.seconds, home=home, tenant=args.tenant
+    )
     print(
-        f"method={args.method} concurrency={args.concurrency} requests={len(latencies)} "
-        f"rate={len(latencies) / elapsed:.0f}/s p50={pct(0.50):.1f}ms p99={pct(0.99):.1f}ms "
-        f"max={latencies[-1] * 1000:.1f}ms statuses={statuses}"
+        f"method={args.method} concurrency={args.concurrency} requests={stats.requests} "
+        f"rate={stats.rate:.0f}/s p50={stats.p50:.1f}ms p99={stats.p99:.1f}ms max={stats.max:.1f}ms "
+        f"errors={stats.errors}"
     )
 
 
