@@ -16,11 +16,9 @@ from typing import Any
 
 import pytest
 
-from config.settings import Settings
 from crypto.pki import PkiPaths
 from gateway.server import RunningGateway
 from tests.support.api import Api, Reply, api_client, card_payment
-from tests.support.mtls import gateway
 
 # A made-up id of each kind, shaped like a real one: the 404 for acme's object must look the same.
 NOBODY = {
@@ -137,18 +135,6 @@ SMUGGLED: dict[str, Probe] = {
     "events after acme's event": _list_probe("/v1/events", starting_after="event"),
     "events before acme's event": _list_probe("/v1/events", ending_before="event"),
 }
-
-
-@pytest.fixture
-async def gw(settings: Settings) -> AsyncIterator[RunningGateway]:
-    async with gateway(settings) as running:
-        yield running
-
-
-@pytest.fixture
-async def acme(gw: RunningGateway, pki: PkiPaths) -> AsyncIterator[Api]:
-    async with api_client(pki, "acme", gw.api_port) as api:
-        yield api
 
 
 @pytest.fixture

@@ -30,12 +30,6 @@ async def gw(settings: Settings) -> AsyncIterator[RunningGateway]:
 
 
 @pytest.fixture
-async def acme(gw: RunningGateway, pki: PkiPaths) -> AsyncIterator[Api]:
-    async with api_client(pki, "acme", gw.api_port) as api:
-        yield api
-
-
-@pytest.fixture
 async def globex(gw: RunningGateway, pki: PkiPaths) -> AsyncIterator[Api]:
     async with api_client(pki, "globex", gw.api_port) as api:
         yield api

@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 
 from config.settings import Settings
-from crypto.pki import PkiPaths
 from gateway.keys import DB_POOL
 from gateway.server import RunningGateway
 from gateway.store import payments as store
-from tests.support.api import Api, api_client, card_payment
+from tests.support.api import Api, card_payment
 from tests.support.mtls import gateway, hold_async_settlement
 
 DECLINED = "4000000000000002"
@@ -46,12 +45,6 @@ async def gw(settings: Settings) -> AsyncIterator[RunningGateway]:
     async with gateway(settings) as running:
         hold_async_settlement(running)  # these tests count payments in flight: nothing settles meanwhile
         yield running
-
-
-@pytest.fixture
-async def acme(gw: RunningGateway, pki: PkiPaths) -> AsyncIterator[Api]:
-    async with api_client(pki, "acme", gw.api_port) as api:
-        yield api
 
 
 def body_for(i: int) -> tuple[dict[str, Any], str]:

@@ -4,7 +4,6 @@ responses validate against."""
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -12,12 +11,11 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
-from config.settings import Settings
 from crypto.pki import PkiPaths
 from gateway.api import openapi
 from gateway.server import RunningGateway
-from tests.support.api import Api, api_client, card_payment
-from tests.support.mtls import client, client_context, gateway
+from tests.support.api import Api, card_payment
+from tests.support.mtls import client, client_context
 
 MONEY_MOVING = {
     ("post", "/v1/payments"),
@@ -27,18 +25,6 @@ MONEY_MOVING = {
     ("post", "/v1/accounts/{id}/topups"),
 }
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
-
-
-@pytest.fixture
-async def gw(settings: Settings) -> AsyncIterator[RunningGateway]:
-    async with gateway(settings) as running:
-        yield running
-
-
-@pytest.fixture
-async def acme(gw: RunningGateway, pki: PkiPaths) -> AsyncIterator[Api]:
-    async with api_client(pki, "acme", gw.api_port) as api:
-        yield api
 
 
 @pytest.fixture

@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
-from config.settings import Settings
-from crypto.pki import PkiPaths
 from gateway.server import RunningGateway
-from tests.support.api import Api, api_client, card_payment
-from tests.support.mtls import gateway
-
-
-@pytest.fixture
-async def gw(settings: Settings) -> AsyncIterator[RunningGateway]:
-    async with gateway(settings) as running:
-        yield running
-
-
-@pytest.fixture
-async def acme(gw: RunningGateway, pki: PkiPaths) -> AsyncIterator[Api]:
-    async with api_client(pki, "acme", gw.api_port) as api:
-        yield api
+from tests.support.api import Api, card_payment
 
 
 async def test_card_payment_succeeds_and_shows_only_display_data(acme: Api) -> None:
