@@ -16,10 +16,10 @@ from crypto.keyring import load_kek
 from crypto.pki import PkiPaths
 from gateway import ops
 from gateway.api import accounts, billers, callbacks, events, openapi, payments, ping, refunds, tokens
-from gateway.keys import CONNECTORS, DB_POOL, KEYRING, METRICS, PAYMENTS, REFUNDS, SETTINGS, TLS
+from gateway.keys import BILLERS, CONNECTORS, DB_POOL, KEYRING, METRICS, PAYMENTS, REFUNDS, SETTINGS, TLS
 from gateway.metrics import Metrics
 from gateway.middlewares import context_middleware, error_middleware, identity_middleware
-from gateway.services.billers import BILLERS, billers_context
+from gateway.services.billers import BillerCatalog
 from gateway.services.bills import BillPoster
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
@@ -95,6 +95,12 @@ async def _connectors(app: web.Application) -> AsyncIterator[None]:
             await connectors.close()
 
 
+async def _billers(app: web.Application) -> AsyncIterator[None]:
+    """The biller catalog, built after the connectors (it asks them what they serve)."""
+    app[BILLERS] = await BillerCatalog.build(app[CONNECTORS].billers)
+    yield
+
+
 async def _tls(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     holder = TlsContextHolder(PkiPaths(settings.pki_dir), app[METRICS])
@@ -115,7 +121,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_audit_sealer)
     app.cleanup_ctx.append(_connectors)
-    app.cleanup_ctx.append(billers_context)  # the biller catalog, from the connectors' describe()
+    app.cleanup_ctx.append(_billers)  # the biller catalog, from the connectors' describe()
     app.cleanup_ctx.append(_payments)
     app.cleanup_ctx.append(_tls)
     app.cleanup_ctx.append(traffic_context)  # limiter storage (Redis pool) and the lag monitor

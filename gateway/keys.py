@@ -9,6 +9,7 @@ from config.settings import Settings
 from connectors.registry import Connectors
 from gateway.identity import Identity
 from gateway.metrics import Metrics
+from gateway.services.billers import BillerCatalog
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
 from gateway.store.keyring import KeyringCache
@@ -20,6 +21,7 @@ DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 TLS = web.AppKey("tls", TlsContextHolder)
 KEYRING = web.AppKey("keyring", KeyringCache)
 CONNECTORS = web.AppKey("connectors", Connectors)
+BILLERS = web.AppKey("billers", BillerCatalog)
 PAYMENTS = web.AppKey("payments", PaymentService)
 REFUNDS = web.AppKey("refunds", RefundService)
 
@@ -28,6 +30,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY = web.RequestKey("identity", Identity)
 
 __all__ = [
+    "BILLERS",
     "CONNECTORS",
     "DB_POOL",
     "IDENTITY",

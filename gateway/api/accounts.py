@@ -6,15 +6,15 @@ import orjson
 from aiohttp import web
 
 from gateway import errors
-from gateway.api import schemas
 from gateway.api.common import json_response, read_json
 from gateway.api.lists import page_params, render_list
 from gateway.api.payments import keyed_request, outcome_response
-from gateway.api.render import timestamp
 from gateway.keys import DB_POOL, PAYMENTS
 from gateway.middlewares import require_identity
 from gateway.services.payments import money
 from gateway.store import ledger
+from gateway.views import schemas
+from gateway.views.render import timestamp
 
 
 def render_account(account: ledger.Account) -> schemas.Account:

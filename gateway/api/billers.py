@@ -9,11 +9,12 @@ from aiohttp import web
 
 from connectors.base import Bill, BillerInfo
 from gateway import errors
-from gateway.api import schemas
 from gateway.api.common import json_response, read_json
 from gateway.api.lists import page_params, render_list
+from gateway.keys import BILLERS
 from gateway.middlewares import require_identity
-from gateway.services.billers import BILLERS, CATEGORIES
+from gateway.services.billers import CATEGORIES
+from gateway.views import schemas
 
 
 def render_biller(info: BillerInfo) -> schemas.Biller:

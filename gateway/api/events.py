@@ -8,13 +8,13 @@ import orjson
 from aiohttp import web
 
 from gateway import errors
-from gateway.api import schemas
 from gateway.api.common import json_response
 from gateway.api.lists import page_params, render_list
-from gateway.api.render import timestamp
 from gateway.keys import DB_POOL
 from gateway.middlewares import require_identity
 from gateway.store import events as store
+from gateway.views import schemas
+from gateway.views.render import timestamp
 
 # Longer values cannot match anything stored; refusing them keeps junk out of the query.
 MAX_TYPE_LENGTH = 100

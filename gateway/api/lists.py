@@ -10,8 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway import errors
-from gateway.api import schemas
 from gateway.api.common import json_response
+from gateway.views import schemas
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100

@@ -16,13 +16,13 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from gateway.api import schemas
 from gateway.api.callbacks import CallbackReceipt
 from gateway.api.events import MAX_OBJECT_ID_LENGTH, MAX_TYPE_LENGTH
 from gateway.api.lists import DEFAULT_LIMIT, MAX_LIMIT
 from gateway.api.payments import METHODS, STATUSES
 from gateway.api.ping import PingRequest, PingResponse
 from gateway.services.idempotent import MAX_KEY_LENGTH
+from gateway.views import schemas
 
 PATH = "/v1/openapi.json"
 REF = "#/components/schemas/{name}"

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from gateway import errors
-from gateway.api import render, schemas
 from gateway.api.common import json_response, read_json
 from gateway.api.lists import page_params, render_list
 from gateway.keys import DB_POOL, PAYMENTS
@@ -16,6 +15,7 @@ from gateway.middlewares import require_identity
 from gateway.services.idempotent import KeyedRequest, Outcome, require_key
 from gateway.store import payments as store
 from gateway.traffic import check_customer_limit
+from gateway.views import render, schemas
 
 STATUSES = frozenset(
     {"requires_action", "processing", "requires_capture", "under_review", "succeeded", "failed", "canceled"}

@@ -5,12 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import errors
-from gateway.api import render, schemas
 from gateway.api.common import json_response, read_json
 from gateway.api.payments import keyed_request, outcome_response
 from gateway.keys import DB_POOL, REFUNDS
 from gateway.middlewares import require_identity
 from gateway.store import payments as store
+from gateway.views import render, schemas
 
 
 async def create_refund(request: web.Request) -> web.Response:

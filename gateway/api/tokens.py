@@ -5,13 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import errors
-from gateway.api import schemas
 from gateway.api.common import json_response, read_json
-from gateway.api.render import timestamp
 from gateway.audit import record as audit
 from gateway.keys import DB_POOL, KEYRING
 from gateway.middlewares import require_identity
 from gateway.store.vault import vault_card
+from gateway.views import schemas
+from gateway.views.render import timestamp
 
 
 async def create_token(request: web.Request) -> web.Response:

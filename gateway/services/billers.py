@@ -1,8 +1,8 @@
 """The biller catalog: which billers exist, what they need from the customer, their bills, and the
 checks a bill payment must pass *before* any money is collected.
 
-Built once at start-up (:func:`billers_context`) from ``describe()`` of every biller connector in
-``app[CONNECTORS].billers``; stored under :data:`BILLERS`. Connector errors are mapped to API errors
+Built once at start-up (``gateway.app``) from ``describe()`` of every biller connector; stored
+under ``gateway.keys.BILLERS``. Connector errors are mapped to API errors
 here, once (DESIGN §11)::
 
     NoDues                                → 404 invalid_request_error / bill_not_found
@@ -23,11 +23,9 @@ import builtins
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
-
-from aiohttp import web
 
 from config.settings import ConfigError
 from connectors.base import (
@@ -42,7 +40,6 @@ from connectors.base import (
     ServiceWindowClosed,
 )
 from gateway import errors
-from gateway.keys import CONNECTORS
 from gateway.logs import get_logger
 
 log = get_logger("gateway.billers")
@@ -403,12 +400,3 @@ def _check_exactness(info: BillerInfo, bill: Bill, amount: int) -> None:
             code="amount_not_allowed",
             param="amount",
         )
-
-
-BILLERS = web.AppKey("billers", BillerCatalog)
-
-
-async def billers_context(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the catalog, built after the connectors (it asks them what they serve)."""
-    app[BILLERS] = await BillerCatalog.build(app[CONNECTORS].billers)
-    yield

@@ -28,7 +28,6 @@ from connectors.base import (
     OutcomeUnknown,
     PaymentConnector,
 )
-from gateway.api import render
 from gateway.domain.payment_state import Status
 from gateway.identity import Identity
 from gateway.ids import new_id
@@ -38,6 +37,7 @@ from gateway.services.outcomes import Decision
 from gateway.store import idempotency, ledger
 from gateway.store import payments as store
 from gateway.store.types import Connection
+from gateway.views import render
 
 if TYPE_CHECKING:
     from gateway.services.billers import ValidatedBill

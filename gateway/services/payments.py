@@ -29,7 +29,6 @@ from connectors.base import (
 )
 from connectors.base import Outcome as ConnectorOutcome
 from gateway import errors
-from gateway.api import render, schemas
 from gateway.domain.money import MoneyError, check_amount, normalize_currency
 from gateway.domain.payment_state import CANCELABLE, CAPTURABLE, Status
 from gateway.identity import Identity
@@ -47,6 +46,7 @@ from gateway.store.keyring import KeyringCache
 from gateway.store.outcomes import OutcomeRecord, record_outcome
 from gateway.store.types import Connection
 from gateway.store.vault import get_card, reveal_pan, vault_card
+from gateway.views import render, schemas
 
 RECOVERY_ATTEMPT_CREATED = "attempt_created"
 # Seconds between status inquiries for an attempt, by how many were made (then every 3 minutes).

@@ -16,7 +16,6 @@ import orjson
 
 from connectors.base import ConnectorError, Outcome, PaymentConnector
 from gateway import errors
-from gateway.api import render, schemas
 from gateway.domain.money import MoneyError, check_amount
 from gateway.identity import Identity
 from gateway.ids import new_id
@@ -28,6 +27,7 @@ from gateway.store import payments as store
 from gateway.store.idempotency import Claimed
 from gateway.store.outcomes import OutcomeRecord
 from gateway.store.types import Connection
+from gateway.views import render, schemas
 
 
 @dataclass(frozen=True, slots=True)

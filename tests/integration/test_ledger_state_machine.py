@@ -20,13 +20,13 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from connectors.inprocess import InProcessConnector
 from crypto.keyring import LocalKek
 from gateway import errors
-from gateway.api import schemas
 from gateway.identity import Identity
 from gateway.services.idempotent import KeyedRequest
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
 from gateway.store import ledger
 from gateway.store.keyring import KeyringCache
+from gateway.views import schemas
 
 ACME = Identity("acme", "client", "spiffe://payhub.local/tenant/acme/role/client")
 CARD = {

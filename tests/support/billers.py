@@ -12,8 +12,9 @@ from config.settings import ConnectorSettings, Settings
 from connectors.sandbox import telecom as telecom_sandbox
 from connectors.sandbox import utility as utility_sandbox
 from connectors.sandbox.common import HttpSimulator
+from gateway.keys import BILLERS
 from gateway.server import RunningGateway
-from gateway.services.billers import BILLERS, BillerCatalog
+from gateway.services.billers import BillerCatalog
 from tests.support.mtls import gateway
 
 

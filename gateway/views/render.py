@@ -1,4 +1,4 @@
-"""Database rows → public API objects (the Structs in gateway.api.schemas), encoded once."""
+"""Database rows → public API objects (the Structs in gateway.views.schemas), encoded once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from gateway.api import schemas
+from gateway.views import schemas
 
 _ENCODER = msgspec.json.Encoder()
 
