@@ -141,7 +141,7 @@ class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return msgspec.structs.replace(self.per_tenant, **changed)
 
 
-SandboxService = Literal["acquirer", "utility", "telecom", "bank", "ewallet", "fx", "messages"]
+SandboxService = Literal["acquirer", "utility", "telecom", "bank", "ewallet", "fx", "messages", "books"]
 
 
 class SandboxSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -155,6 +155,7 @@ class SandboxSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ewallet: int = 9705
     fx: int = 9706
     messages: int = 9707  # SMS / e-mail / push sink
+    books: int = 9708  # GET /books: every simulator's book (connectors.sandbox.books)
 
     def port(self, service: SandboxService) -> int:
         port: int = getattr(self, service)

@@ -15,6 +15,9 @@ out of order), the client matches them by STAN. Fault knobs, set on the object b
 load runs: ``latency``, ``no_answer_rate``, ``drop_rate``, and per MTI ``ignore_next`` (requests
 lost on the way in, not processed) and ``lose_next_answers`` (processed, answer lost on the way
 out). Repeats count as their base MTI (0221 as 0220, 0401 as 0400).
+
+The book is read in-process (:meth:`AcquirerSimulator.book_view`) and over HTTP only through the
+``books`` sandbox service (``GET /books``, :mod:`connectors.sandbox.books`): the acquirer speaks TCP only.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from config.settings import Settings
 from connectors.iso8583_card.transformers import (
@@ -108,6 +111,22 @@ class Charge:
         if self.kind == "refund" or self.reversed:
             return 0
         return self.captured - self.refunded
+
+    def entry(self) -> dict[str, Any]:
+        """This charge as listed in the acquirer's book (``GET /books``)."""
+        return {
+            "rrn": self.rrn,
+            "kind": self.kind,
+            "currency": self.currency,
+            "amount": self.amount,
+            "authorized": self.authorized,
+            "captured": self.captured,
+            "refunded": self.refunded,
+            "reversed": self.reversed,
+            "status": self.status,
+            "original_rrn": self.original_rrn,
+            "charged": self.charged,
+        }
 
     @property
     def held(self) -> int:
@@ -437,6 +456,13 @@ class AcquirerSimulator:
         return self._reply(message, "00")
 
     # ---- reports -----------------------------------------------------------------------------
+
+    def book_view(self) -> dict[str, list[dict[str, Any]]]:
+        """Every transaction booked (declined ones too), in the order they arrived, by RRN.
+
+        The acquirer keeps its whole book for the life of the process (no limit, unlike the bank's
+        and the wallet's records)."""
+        return {"charges": [charge.entry() for charge in self.book.values()]}
 
     def daily_records(self, day: date) -> list[SettlementRecord]:
         """The day's transactions as the acquirer reports them for reconciliation."""

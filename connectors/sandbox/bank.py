@@ -12,6 +12,8 @@ API (JSON over HTTP; fault knobs at ``POST /faults``)::
                                       (de-duplicated on refund_reference; 409 not settled / too much)
     POST /simulate/settle/{ref}       settle now (the account's callback rule applies)
     POST /simulate/config             {"settle_after": seconds}
+    GET  /book                        {"transfers": [...]}: what the bank moved, by reference (exempt
+                                      from the fault knobs; see connectors.sandbox.books)
 
 Test data, by the account number's last four digits (DESIGN §12):
 
@@ -43,6 +45,7 @@ from config.settings import Settings
 # Shared with the e-wallet simulator (now in common); re-exported for the modules that import them here.
 from connectors.sandbox.common import (
     Amount,
+    Book,
     CallbackSender,
     CallbackSimulator,
     Currency,
@@ -52,12 +55,14 @@ from connectors.sandbox.common import (
     Refund,
     RefundIn,
     RefundRules,
+    book_response,
     bound_port,
     client_ssl_context,
     connector_secret,
     decode_body,
     error_response,
     refund,
+    refundable_entry,
 )
 
 __all__ = [
@@ -162,10 +167,27 @@ class BankSandbox(CallbackSimulator):
         self.app.router.add_post("/transfers/{ref}/refund", self._refund)
         self.app.router.add_post("/simulate/settle/{ref}", self._simulate_settle)
         self.app.router.add_post("/simulate/config", self._config)
+        self.app.router.add_get("/book", self._book)
 
     def find(self, ref: str) -> Transfer | None:
         """By our reference or by the bank's transfer id."""
         return self.transfers.find(ref)
+
+    def book_view(self) -> Book:
+        """Every transfer the bank remembers, oldest first (the oldest beyond MAX_TRANSFERS forgotten)."""
+        transfers = [
+            refundable_entry(
+                t,
+                reference=t.reference,
+                own_id=("transfer_id", t.transfer_id),
+                paid=REFUNDS.refundable_status,
+            )
+            for t in self.transfers.values()
+        ]
+        return {"transfers": transfers}
+
+    async def _book(self, request: web.Request) -> web.Response:
+        return book_response(self.book_view())
 
     async def _create(self, request: web.Request) -> web.Response:
         params: TransferIn = await decode_body(request, TransferIn)

@@ -58,6 +58,8 @@ class Faults:
 
 
 FAULTS = web.AppKey("faults", Faults)
+# Never slowed, failed or dropped by the fault knobs: turning them off, and reading the book.
+FAULT_EXEMPT: Final = frozenset({"/faults", "/book"})
 
 
 async def set_faults(request: web.Request) -> web.Response:
@@ -74,7 +76,7 @@ async def set_faults(request: web.Request) -> web.Response:
 @web.middleware
 async def fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     faults = request.app[FAULTS]
-    if request.path != "/faults":
+    if request.path not in FAULT_EXEMPT:
         await faults.delay()
         if faults.drop() and request.transport is not None:
             request.transport.abort()
@@ -85,7 +87,7 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def simulator_app() -> web.Application:
-    """An aiohttp app with fault knobs at POST /faults."""
+    """An aiohttp app with fault knobs at POST /faults (not applied to /faults and /book)."""
     app = web.Application(middlewares=[fault_middleware])
     app[FAULTS] = Faults()
     app.router.add_post("/faults", set_faults)
@@ -227,6 +229,41 @@ def refund(target: Refundable, params: RefundIn, rules: RefundRules) -> web.Resp
     target.refunds[params.refund_reference] = made
     target.refunded += params.amount
     return web.json_response(made.view())
+
+
+# ---- books (what a simulator charged, refunded, posted, reversed; see connectors.sandbox.books) ----
+
+Book = dict[str, list[dict[str, Any]]]  # e.g. {"transfers": [...]}: one simulator's part of GET /books
+
+
+def book_response(book: Any) -> web.Response:
+    return web.Response(body=msgspec.json.encode(book), content_type="application/json")
+
+
+def refundable_entry(
+    target: Refundable, *, reference: str, own_id: tuple[str, str], paid: str
+) -> dict[str, Any]:
+    """A bank transfer or wallet order in its book: ``charged`` counts once the money has arrived
+    (status ``paid``), less what was refunded since."""
+    id_name, id_value = own_id
+    return {
+        "reference": reference,
+        id_name: id_value,
+        "currency": target.currency,
+        "amount": target.amount,
+        "status": target.status,
+        "refunded": target.refunded,
+        "refunds": [
+            {
+                "refund_reference": made.refund_reference,
+                "refund_id": made.refund_id,
+                "amount": made.amount,
+                "status": made.status,
+            }
+            for made in target.refunds.values()
+        ],
+        "charged": target.amount - target.refunded if target.status == paid else 0,
+    }
 
 
 # ---- signed callbacks ----------------------------------------------------------------------------

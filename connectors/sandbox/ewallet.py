@@ -12,6 +12,8 @@ API (JSON over HTTP; fault knobs at ``POST /faults``)::
     POST /simulate/pay/{order}        the payer pays now (DESIGN §12) → 200 · 409 {error: "order_closed"}
     GET  /checkout/{order}            the page a QR code / redirect leads to, with a "pay" button
     POST /simulate/config             {"pay_after": seconds | null (no auto-pay), "order_timeout": seconds}
+    GET  /book                        {"orders": [...]}: what the wallet collected, by reference (exempt
+                                      from the fault knobs; see connectors.sandbox.books)
 
 Alipay and WeChat Pay orders answer a ``qr_code``; PayPal a ``redirect_url``. Every order is paid by
 the simulated payer ``pay_after`` seconds after it was opened (1 s by default; ``None`` disables it);
@@ -37,6 +39,7 @@ from aiohttp import web
 from config.settings import Settings
 from connectors.sandbox.common import (
     Amount,
+    Book,
     CallbackSimulator,
     Currency,
     Delivery,
@@ -45,9 +48,11 @@ from connectors.sandbox.common import (
     Refund,
     RefundIn,
     RefundRules,
+    book_response,
     decode_body,
     error_response,
     refund,
+    refundable_entry,
 )
 
 PAY_AFTER: Final = 1.0
@@ -159,6 +164,7 @@ class EwalletSandbox(CallbackSimulator):
         self.app.router.add_post("/simulate/pay/{ref}", self._simulate_pay)
         self.app.router.add_get("/checkout/{ref}", self._checkout)
         self.app.router.add_post("/simulate/config", self._config)
+        self.app.router.add_get("/book", self._book)
 
     @property
     def base_url(self) -> str:
@@ -170,6 +176,26 @@ class EwalletSandbox(CallbackSimulator):
         if order is not None:
             order.expire(time.time())
         return order
+
+    def book_view(self) -> Book:
+        """Every order the wallet remembers, oldest first (the oldest beyond MAX_ORDERS forgotten);
+        an order past its time-out shows as closed, as it would on any other read."""
+        now = time.time()
+        orders = []
+        for order in self.orders.values():
+            order.expire(now)
+            orders.append(
+                refundable_entry(
+                    order,
+                    reference=order.reference,
+                    own_id=("order_id", order.order_id),
+                    paid=REFUNDS.refundable_status,
+                )
+            )
+        return {"orders": orders}
+
+    async def _book(self, request: web.Request) -> web.Response:
+        return book_response(self.book_view())
 
     async def _create(self, request: web.Request) -> web.Response:
         params: OrderIn = await decode_body(request, OrderIn)

@@ -1,4 +1,6 @@
-"""Start every simulator on its port: ``payhub sandbox`` (own process) or ``serve --sandbox``."""
+"""Start every simulator on its port: ``payhub sandbox`` (own process) or ``serve --sandbox``.
+
+After the simulators, the ``books`` service (:mod:`connectors.sandbox.books`), which reads their books."""
 
 from __future__ import annotations
 
@@ -33,14 +35,19 @@ class Sandbox:
 
 
 async def start_sandbox(settings: Settings) -> Sandbox:
-    started: list[Simulator] = []
+    # Imported here, like the simulators: importing the runner does not import every simulator.
+    from connectors.sandbox import books
+
+    started: dict[SandboxService, Simulator] = {}
     try:
         for service, path in SIMULATORS.items():
             module_name, _, function = path.partition(":")
             start = getattr(importlib.import_module(module_name), function)
-            started.append(await start(settings))
+            started[service] = await start(settings)
             log.info("sandbox.started", service=service, port=settings.sandbox.port(service))
+        started["books"] = await books.start(settings, started)
+        log.info("sandbox.started", service="books", port=settings.sandbox.books)
     except BaseException:
-        await Sandbox(started).close()
+        await Sandbox(list(started.values())).close()
         raise
-    return Sandbox(started)
+    return Sandbox(list(started.values()))

@@ -19,6 +19,13 @@ Statuses: CREATED → SUBMITTED → COMPLETED, or REJECTED. A top-up completes a
 COMPLETED), except for numbers ending ``7777``, which stay SUBMITTED for ``ASYNC_COMPLETION`` seconds
 and then complete (the pending path). Numbers in :attr:`TelecomState.reject_msisdns` are REJECTED by
 the operator (a test knob). Fault knobs: ``POST /faults``; :data:`TELECOM_STATE` in-process.
+
+Book: ``GET /book`` (unsigned, exempt from the fault knobs) → ``{"topups": [...]}``, every top-up in the
+order it arrived, by reference, with the status in the checker's words (COMPLETED → posted, CREATED and
+SUBMITTED → pending, REJECTED → rejected) and ``posted`` (the amount once completed, else 0). ``biller`` is
+the hub's ``bil_cn_mobile``, the one biller the hub's telecom connector serves (every operator is behind
+it). A SUBMITTED top-up due to complete is advanced first, as on any other read. The simulator keeps
+every top-up for the life of the process (no limit). See :mod:`connectors.sandbox.books`.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ import orjson
 from aiohttp import web
 
 from config.settings import ConnectorSettings, Settings
-from connectors.sandbox.common import HttpSimulator, serve_app, simulator_app
+from connectors.sandbox.common import Book, HttpSimulator, book_response, serve_app, simulator_app
+from connectors.telecom_topup.transformers import BILLER as HUB_BILLER
 from crypto.signatures import hmac_sha256_hex
 
 DEV_SECRET = "dev-telecom-topup-secret"  # noqa: S105 - sandbox only, when the config sets none
@@ -254,6 +262,36 @@ async def report(request: web.Request) -> web.Response:
     return _reply(state, {"date": day.isoformat(), "count": len(items), "total": total, "items": items})
 
 
+BOOK_STATUS: Mapping[str, str] = {"COMPLETED": "posted", "REJECTED": "rejected"}
+
+
+def book_entry(topup: TopUp) -> dict[str, Any]:
+    status = BOOK_STATUS.get(topup.status, "pending")
+    return {
+        "reference": topup.reference,
+        "biller": HUB_BILLER.id,
+        "msisdn": topup.msisdn,
+        "amount": topup.amount,
+        "currency": topup.currency,
+        "status": status,
+        "posted": topup.amount if status == "posted" else 0,
+    }
+
+
+def book_view(state: TelecomState) -> Book:
+    """The aggregator's book (``GET /book``): every top-up, oldest first."""
+    now = state.monotonic()
+    entries = []
+    for topup in state.topups.values():
+        topup.advance(now)
+        entries.append(book_entry(topup))
+    return {"topups": entries}
+
+
+async def book(request: web.Request) -> web.Response:
+    return book_response(book_view(request.app[TELECOM_STATE]))
+
+
 def telecom_app(settings: Settings) -> web.Application:
     config = settings.connectors.get("telecom_topup", ConnectorSettings())
     app = simulator_app()
@@ -262,6 +300,7 @@ def telecom_app(settings: Settings) -> web.Application:
     app.router.add_post("/topups", create_topup)
     app.router.add_get("/topups/{reference}", get_topup)
     app.router.add_get("/reports/{day}", report)
+    app.router.add_get("/book", book)
     return app
 
 

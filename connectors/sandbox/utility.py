@@ -37,6 +37,14 @@ The CN billers' day is UTC+8, the US biller's UTC-5 (no DST in the sandbox).
 
 Knobs: ``POST /faults`` (latency, error rate, dropped connections); in-process, the
 :class:`UtilityState` under :data:`UTILITY_STATE` (``window_closed``, ``tamper_answers``).
+
+Book: ``GET /book`` (unsigned, exempt from the fault knobs) → ``{"postings": [...]}``, every posting in
+the order it arrived, by reference, with the hub's biller id (``bil_cn_power``), the biller's currency,
+the status in the checker's words (SUCCESS → posted, FAILED → rejected, REVERSED → reversed, anything
+else → pending) and ``posted`` (the amount while posted and not reversed, else 0). A reversal of a
+reference never paid (its tombstone) is listed too: status ``reversed``, ``account`` "", ``amount`` and
+``posted`` 0. The simulator keeps every posting for the life of the process (no limit).
+See :mod:`connectors.sandbox.books`.
 """
 
 from __future__ import annotations
@@ -49,14 +57,16 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
 
 import orjson
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from config.settings import ConnectorSettings, Settings
-from connectors.sandbox.common import HttpSimulator, serve_app, simulator_app
+from connectors.sandbox.common import Book, HttpSimulator, book_response, serve_app, simulator_app
 from connectors.utility_biller.client import DEV_MERCHANT_ID, dev_keys
+from connectors.utility_biller.transformers import BILLERS as HUB_BILLERS
 from crypto import signatures
 
 TIMESTAMP_TOLERANCE = timedelta(seconds=300)
@@ -424,6 +434,34 @@ async def recon(request: web.Request) -> web.Response:
     return web.Response(body=body, headers=headers, content_type="text/plain", charset="utf-8")
 
 
+# ---- book ---------------------------------------------------------------------------------------
+
+BOOK_STATUS: Mapping[str, str] = {"SUCCESS": "posted", "FAILED": "rejected", "REVERSED": "reversed"}
+HUB_BILLER_IDS: Mapping[str, str] = {spec.wire_code: spec.info.id for spec in HUB_BILLERS}
+
+
+def book_entry(posting: Posting) -> dict[str, Any]:
+    status = BOOK_STATUS.get(posting.status, "pending")
+    return {
+        "reference": posting.reference,
+        "biller": HUB_BILLER_IDS.get(posting.biller, posting.biller),
+        "account": posting.account,
+        "amount": posting.amount,
+        "currency": BILLERS[posting.biller].currency,  # a pay in another currency is refused, never booked
+        "status": status,
+        "posted": posting.amount if status == "posted" else 0,
+    }
+
+
+def book_view(state: UtilityState) -> Book:
+    """The biller's book (``GET /book``): every posting and reversal tombstone, oldest first."""
+    return {"postings": [book_entry(posting) for posting in state.postings.values()]}
+
+
+async def book(request: web.Request) -> web.Response:
+    return book_response(book_view(request.app[UTILITY_STATE]))
+
+
 # ---- app ----------------------------------------------------------------------------------------
 
 
@@ -448,6 +486,7 @@ def utility_app(settings: Settings) -> web.Application:
     app.router.add_post("/api/status", operation(status))
     app.router.add_post("/api/reverse", operation(reverse))
     app.router.add_get("/api/recon/{biller}/{day}", recon)
+    app.router.add_get("/book", book)
     return app
 
 

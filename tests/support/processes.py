@@ -54,7 +54,7 @@ def start_payhub(*args: str, env: Mapping[str, str], stdout: Path) -> subprocess
         )
 
 
-SANDBOX_SERVICES = ("acquirer", "utility", "telecom", "bank", "ewallet", "fx", "messages")
+SANDBOX_SERVICES = ("acquirer", "utility", "telecom", "bank", "ewallet", "fx", "messages", "books")
 
 
 def config_with_free_sandbox_ports(directory: Path) -> Path:
