@@ -116,6 +116,7 @@ class ConnectorResult:
     message: str | None = None
     raw_code: str | None = None
     next_action: Mapping[str, Any] | None = None
+    currency: str | None = None  # when the processor says which currency it moved (callbacks do)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,13 +16,26 @@ from crypto.keyring import load_kek
 from crypto.pki import PkiPaths
 from gateway import ops
 from gateway.api import accounts, billers, callbacks, events, openapi, payments, ping, refunds, tokens
-from gateway.keys import BILLERS, CONNECTORS, DB_POOL, KEYRING, METRICS, PAYMENTS, REFUNDS, SETTINGS, TLS
+from gateway.keys import (
+    BILLERS,
+    CONNECTORS,
+    DB_POOL,
+    KEYRING,
+    METRICS,
+    PAYMENTS,
+    REFUNDS,
+    RESOLVER,
+    SETTINGS,
+    TLS,
+)
 from gateway.metrics import Metrics
 from gateway.middlewares import context_middleware, error_middleware, identity_middleware
 from gateway.services.billers import BillerCatalog
 from gateway.services.bills import BillPoster
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
+from gateway.services.resolver import Resolver
+from gateway.services.settle import Settler
 from gateway.store.db import open_pool
 from gateway.store.keyring import KeyringCache
 from gateway.tls import TlsContextHolder
@@ -68,12 +81,14 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
         method: settings.routing.for_method(method)
         for method in ("card", "bank_transfer", "wallet", "prepaid")
     }
-    app[PAYMENTS] = PaymentService(app[DB_POOL], keyring, connectors, routing, app[METRICS])
-    app[PAYMENTS].bills = BillPoster(app[PAYMENTS], app[BILLERS], connectors)
-    app[REFUNDS] = RefundService(app[DB_POOL], connectors)
-    app[PAYMENTS].refunds = app[REFUNDS]
+    settler = Settler(app[METRICS])
+    app[PAYMENTS] = PaymentService(app[DB_POOL], keyring, connectors, routing, settler)
+    app[REFUNDS] = RefundService(app[DB_POOL], connectors, settler)
+    bills = BillPoster(app[DB_POOL], settler, app[BILLERS], app[REFUNDS])
+    app[PAYMENTS].bills = bills
+    app[RESOLVER] = Resolver(app[DB_POOL], app[PAYMENTS], app[REFUNDS], bills, app[METRICS])
     async with (
-        background(run_resolver(app[PAYMENTS], RESOLVER_INTERVAL), name="resolver"),
+        background(run_resolver(app[RESOLVER], RESOLVER_INTERVAL, app[METRICS]), name="resolver"),
         background(run_pruner(app[DB_POOL], PRUNE_INTERVAL), name="idempotency-pruner"),
         background(run_daily_recon(app[DB_POOL], app[BILLERS], DAILY_RECON_INTERVAL), name="daily-recon"),
     ):

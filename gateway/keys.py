@@ -12,6 +12,7 @@ from gateway.metrics import Metrics
 from gateway.services.billers import BillerCatalog
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
+from gateway.services.resolver import Resolver
 from gateway.store.keyring import KeyringCache
 from gateway.tls import TlsContextHolder
 
@@ -24,6 +25,7 @@ CONNECTORS = web.AppKey("connectors", Connectors)
 BILLERS = web.AppKey("billers", BillerCatalog)
 PAYMENTS = web.AppKey("payments", PaymentService)
 REFUNDS = web.AppKey("refunds", RefundService)
+RESOLVER = web.AppKey("resolver", Resolver)
 
 # Request-scoped values (set by middlewares).
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -39,6 +41,7 @@ __all__ = [
     "PAYMENTS",
     "REFUNDS",
     "REQUEST_ID",
+    "RESOLVER",
     "SETTINGS",
     "TLS",
     "Identity",

@@ -140,6 +140,18 @@ class Metrics:
             "payhub_payments", "Payment outcomes by method, status and connector",
             ["method", "status", "connector"], registry=r,
         )  # fmt: skip
+        self.resolver_passes = Counter(
+            "payhub_resolver_passes", "Resolver passes over due attempts, by outcome (ok, error)",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.resolver_items = Counter(
+            "payhub_resolver_items", "Attempts the resolver looked at, by operation and result",
+            ["operation", "result"], registry=r,
+        )  # fmt: skip
+        self.resolver_last_pass_age = Gauge(
+            "payhub_resolver_last_pass_age_seconds", "Seconds since the resolver last completed a pass",
+            registry=r, multiprocess_mode="max",
+        )  # fmt: skip
 
     def watch_pool(self, stats: Callable[[], tuple[int, int, int] | None]) -> None:
         self.registry.register(PoolCollector(stats))

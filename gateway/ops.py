@@ -9,8 +9,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.api.common import json_response
-from gateway.keys import DB_POOL, METRICS
+from gateway.keys import DB_POOL, METRICS, RESOLVER
 from gateway.store.migrate import current_version, latest_version
+from gateway.workers.resolver import STALL_AFTER
 
 API_APP = web.AppKey("api_app", web.Application)
 EXPECTED_SCHEMA = web.AppKey("expected_schema", int)
@@ -28,7 +29,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the database answers and its schema is at the version this build expects."""
+    """Readiness: the database answers, its schema is at the version this build expects, and the
+    resolver completed a pass recently."""
     api = request.app[API_APP]
     pool = api.get(DB_POOL)
     checks: dict[str, str] = {}
@@ -42,6 +44,10 @@ async def readyz(request: web.Request) -> web.Response:
             checks["database"] = "ok" if version >= expected else f"schema {version} < {expected}"
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             checks["database"] = "unreachable"
+    resolver = api.get(RESOLVER)
+    if resolver is not None:
+        # Readiness, not liveness: a stalled resolver leaves money unresolved, so say so.
+        checks["resolver"] = "ok" if resolver.health.age() < STALL_AFTER else "stalled"
     ready = all(value == "ok" for value in checks.values())
     return json_response(
         {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503

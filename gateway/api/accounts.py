@@ -11,7 +11,7 @@ from gateway.api.lists import page_params, render_list
 from gateway.api.payments import keyed_request, outcome_response
 from gateway.keys import DB_POOL, PAYMENTS
 from gateway.middlewares import require_identity
-from gateway.services.payments import money
+from gateway.services.inputs import money
 from gateway.store import ledger
 from gateway.views import schemas
 from gateway.views.render import timestamp

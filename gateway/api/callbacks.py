@@ -5,7 +5,8 @@ certificate is still required at the handshake): a notice is trusted only becaus
 verified its signature over the raw body. The verified notice settles its attempt through
 ``PaymentService.settle_attempt``, which applies a definite answer once: a duplicate, a late or an
 out-of-order notice answers ``applied: false`` with 200 so that the sender stops retrying, and
-changes nothing. A bad signature answers 400 ``signature_invalid`` and changes nothing either.
+changes nothing. A bad signature answers 400 ``signature_invalid`` and changes nothing either; so
+does a notice whose amount or currency is not its attempt's (400 ``callback_mismatch``).
 
 Callbacks are counted by ``payhub_http_requests{route="/v1/connectors/{name}/callbacks",status}``.
 """
@@ -20,6 +21,7 @@ from gateway import errors
 from gateway.api.common import json_response
 from gateway.keys import CONNECTORS, PAYMENTS
 from gateway.logs import get_logger
+from gateway.services.payments import CallbackMismatch
 
 log = get_logger("gateway.api.callbacks")
 
@@ -53,9 +55,16 @@ async def post_callback(request: web.Request) -> web.Response:
     except ConnectorError as exc:
         log.warning("callback.unreadable", connector=name, code=exc.code, reason=str(exc))
         raise errors.InvalidRequest("The callback could not be read.", code=exc.code) from exc
-    applied = await request.app[PAYMENTS].settle_attempt(
-        name, notice.attempt_id, notice.result, action="payment.callback"
-    )
+    try:
+        applied = await request.app[PAYMENTS].settle_attempt(
+            name, notice.attempt_id, notice.result, action="payment.callback"
+        )
+    except CallbackMismatch as exc:
+        # Authentic, but not about what the attempt asked for (an underpaid or other-currency
+        # notice): nothing is settled on it; the status inquiry and the operators take it from here.
+        raise errors.InvalidRequest(
+            "The callback's amount or currency does not match the payment.", code="callback_mismatch"
+        ) from exc
     log.info(
         "callback.received",
         connector=name,

@@ -1,21 +1,28 @@
 """Bill payments: collect the money, then post the payment to the biller (DESIGN §6, §8).
 
-The payment stays ``processing`` between collection and posting, and its captured money sits
-in the biller's payable account. Posting answers:
+The payment stays ``processing`` between collection and posting; its captured money sits in the
+biller's payable account. The posting's own states are in :mod:`gateway.domain.bill_posting`.
+The post attempt is recorded in the transaction that books the collection, so it exists before
+the biller is called; its id is the reference the biller de-duplicates on. Posting answers:
 
 * posted          → ``succeeded``, ``bill_posting.status = posted`` (+ ``bill.posted`` event);
-* rejected        → the collected money goes back (a refund at the connector, or to the stored
-                    balance) and the payment ends ``failed`` / ``biller_rejected``;
+* rejected        → the payment ends ``failed`` / ``biller_rejected`` and the collected money goes
+                    back through the refund service (to the card, bank, wallet or stored balance);
 * no answer (yet) → ``bill_posting.status = pending``; the resolver asks the biller's status
-                    inquiry with back-off until it is definite. Never posted twice: the attempt id
-                    is the reference the biller de-duplicates on.
+                    inquiry with back-off until it is definite, then applies the terminal policy:
+                    a reversal (冲正, an attempt of its own) or the operators' manual queue.
+
+A post or reversal interrupted by a crash is sent again by a retry or by the resolver, under the
+same reference: never posted twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+import asyncpg
 import orjson
 
 from connectors.base import (
@@ -25,23 +32,18 @@ from connectors.base import (
     BillPosting,
     ConnectorError,
     Outcome,
-    OutcomeUnknown,
-    PaymentConnector,
 )
+from gateway.domain.bill_posting import Posting, sources
 from gateway.domain.payment_state import Status
-from gateway.identity import Identity
 from gateway.ids import new_id
-from gateway.services.idempotent import KeyedRequest
 from gateway.services.idempotent import Outcome as Response
 from gateway.services.outcomes import Decision
-from gateway.store import idempotency, ledger
+from gateway.services.settle import HUB, Caller, Settler
 from gateway.store import payments as store
-from gateway.store.types import Connection
-from gateway.views import render
 
 if TYPE_CHECKING:
     from gateway.services.billers import ValidatedBill
-    from gateway.services.payments import PaymentService
+    from gateway.services.refunds import RefundService
 
 
 class BillerDirectory(Protocol):
@@ -69,50 +71,56 @@ def connector_supports_reversal(billers: list[BillerInfo], biller: str) -> bool:
     return any(info.id == biller and info.supports_reversal for info in billers)
 
 
-def posting(status: str, *, reference: str | None = None, code: str | None = None) -> str:
-    return orjson.dumps({"status": status, "biller_reference": reference, "code": code}).decode()
+def posting(status: Posting, *, reference: str | None = None, code: str | None = None) -> str:
+    return orjson.dumps({"status": status.value, "biller_reference": reference, "code": code}).decode()
+
+
+def collected_for_bill(decision: Decision, *, current: Status) -> Decision:
+    """A bill payment's collected money is not a success yet: it stays processing until posted.
+
+    ``current`` is the payment's status now: money collected asynchronously arrives while the
+    payment is already ``processing``, so only its posting state moves (none → posting).
+    """
+    if decision.update.status != Status.SUCCEEDED or not decision.captured:
+        return decision
+    target = None if current == Status.PROCESSING else Status.PROCESSING
+    update = dataclasses.replace(decision.update, status=target, bill_posting=posting(Posting.POSTING))
+    return Decision(
+        update,
+        decision.attempt_status,
+        "payment.processing",
+        decision.captured,
+        sources(Posting.POSTING),
+        post_bill=True,
+    )
 
 
 class BillPoster:
     def __init__(
-        self, service: PaymentService, directory: BillerDirectory, connectors: Mapping[str, PaymentConnector]
+        self, pool: asyncpg.Pool, settler: Settler, directory: BillerDirectory, refunds: RefundService
     ) -> None:
-        self._service = service
+        self._pool = pool
+        self._settler = settler
         self._directory = directory
-        self._connectors = connectors
+        self._refunds = refunds
 
     @property
     def directory(self) -> BillerDirectory:
         return self._directory
 
-    async def post(
-        self,
-        tenant: str,
-        payment_id: str,
-        *,
-        keyed: KeyedRequest | None,
-        actor: Identity | None,
-        source: str | None,
-    ) -> Response:
-        """Post a collected payment to its biller (or resume a posting already started)."""
-        pool = self._service.pool
-        async with pool.acquire() as conn:
+    async def post(self, tenant: str, payment_id: str, caller: Caller = HUB) -> Response:
+        """Send a collected payment's posting (or send it again, same reference, after a crash)."""
+        async with self._pool.acquire() as conn:
             row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
             assert row is not None
             attempt = await store.latest_attempt(conn, payment_id=payment_id, operation="post_bill")
-            if attempt is None:
-                attempt_id = new_id("att")
-                await store.insert_attempt(
-                    conn,
-                    attempt_id=attempt_id,
-                    payment_id=payment_id,
-                    tenant=tenant,
-                    operation="post_bill",
-                    connector=row["biller"],
-                    amount=row["amount_captured"],
-                )
+            if attempt is None or attempt["status"] not in ("started", "pending", "unknown"):
+                return await self._settler.current(conn, tenant, payment_id, caller)
             else:
                 attempt_id = attempt["id"]
+        if _posting_state(row) not in (Posting.POSTING, Posting.PENDING):
+            async with self._pool.acquire() as conn:
+                return await self._settler.current(conn, tenant, payment_id, caller)
         bill = orjson.loads(row["bill"])
         _, connector = self._directory.connector(row["biller"])
         try:
@@ -127,47 +135,86 @@ class BillPoster:
                     bill_ref=bill.get("bill_ref"),
                 )
             )
-        except OutcomeUnknown:
-            result = BillPosting(Outcome.PENDING)
         except ConnectorError as exc:
-            result = BillPosting(Outcome.FAILED, code=exc.code, message=str(exc) or None)
-        return await self.finish(row, attempt_id, result, keyed=keyed, actor=actor, source=source)
+            # Refused before anything was posted (bad params, window closed) is a rejection; no
+            # answer (or not one we can trust) is pending: the status inquiry settles it.
+            result = (
+                BillPosting(Outcome.FAILED, code=exc.code, message=str(exc) or None)
+                if exc.outcome_known and not exc.retriable
+                else BillPosting(Outcome.PENDING)
+            )
+        return await self.finish(tenant, payment_id, attempt_id, result, caller)
 
-    async def resolve(
-        self, tenant: str, payment_id: str, attempt_id: str, biller: str, *, tries: int = 0
-    ) -> bool:
-        """Status inquiry for a posting whose outcome is unknown; True when it became definite.
+    async def resolve(self, attempt: Any) -> bool:
+        """Settle a post (or reversal) attempt left unfinished; True when it became definite.
 
-        After ``GIVE_UP_AFTER_TRIES`` inquiries (about an hour of back-off) the biller's terminal
-        policy applies: a reversal (冲正) with the same reference where the biller supports it —
-        reversed → the money goes back; reversal refused → the posting stood, the payment succeeds —
-        otherwise the posting goes to the operators' manual queue. Never a second posting.
+        A post attempt still ``started`` (its request crashed) is sent again, same reference. An
+        unknown one is asked about; after ``GIVE_UP_AFTER_TRIES`` inquiries (about an hour of
+        back-off) the biller's terminal policy applies: a reversal (冲正) with the same reference
+        where the biller supports it — reversed → the money goes back; reversal refused → the
+        posting stood — otherwise the posting goes to the operators' manual queue.
         """
+        tenant, payment_id, biller = attempt["tenant"], attempt["payment_id"], attempt["connector"]
+        if attempt["operation"] == "reverse_bill":
+            return await self._reverse(tenant, payment_id, attempt["id"], biller)
+        if attempt["status"] == "started":
+            await self.post(tenant, payment_id)
+            return True
         _, connector = self._directory.connector(biller)
         try:
-            result = await connector.status(attempt_id=attempt_id, biller=biller)
-            if result.outcome is Outcome.PENDING and tries >= GIVE_UP_AFTER_TRIES:
-                if connector_supports_reversal(await connector.describe(), biller):
-                    reversal = await connector.reverse(attempt_id=attempt_id, biller=biller)
-                    # reversed → FAILED (refund below); refused → SUCCEEDED (the posting stood)
-                    result = reversal
-                else:
-                    await self._manual_review(tenant, payment_id, attempt_id)
-                    return True
+            result = await connector.status(attempt_id=attempt["id"], biller=biller)
         except ConnectorError:
             return False
         if result.outcome is Outcome.PENDING:
+            if attempt["tries"] < GIVE_UP_AFTER_TRIES:
+                return False
+            try:
+                reversible = connector_supports_reversal(await connector.describe(), biller)
+            except ConnectorError:
+                return False
+            if not reversible:
+                await self._manual_review(tenant, payment_id, attempt["id"])
+                return True
+            reversal_id = new_id("att")
+            async with self._pool.acquire() as conn:
+                await store.insert_attempt(
+                    conn,
+                    attempt_id=reversal_id,
+                    payment_id=payment_id,
+                    tenant=tenant,
+                    operation="reverse_bill",
+                    connector=biller,
+                    amount=attempt["amount"],
+                )
+            return await self._reverse(tenant, payment_id, reversal_id, biller)
+        await self.finish(tenant, payment_id, attempt["id"], result, HUB)
+        return True
+
+    async def _reverse(self, tenant: str, payment_id: str, reversal_id: str, biller: str) -> bool:
+        """Send (again) the reversal of a posting whose outcome never became known."""
+        async with self._pool.acquire() as conn:
+            post = await store.latest_attempt(conn, payment_id=payment_id, operation="post_bill")
+        assert post is not None
+        _, connector = self._directory.connector(biller)
+        try:
+            reversal = await connector.reverse(attempt_id=post["id"], biller=biller)
+        except ConnectorError:
+            return False  # asked again at the next pass, same reference
+        if reversal.outcome is Outcome.PENDING:
             return False
-        async with self._service.pool.acquire() as conn:
-            row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
-        if row is None or row["status"] != Status.PROCESSING:
-            return False
-        await self.finish(row, attempt_id, result, keyed=None, actor=None, source=None)
+        # reversed → FAILED (the money goes back); refused → SUCCEEDED (the posting stood)
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE payment_attempts SET status = $2, next_check = NULL WHERE id = $1",
+                reversal_id,
+                "succeeded" if reversal.outcome is Outcome.FAILED else "failed",
+            )
+        await self.finish(tenant, payment_id, post["id"], reversal, HUB, reversed_=True)
         return True
 
     async def _manual_review(self, tenant: str, payment_id: str, attempt_id: str) -> None:
         """No way to make the outcome definite automatically: park it for an operator, stop polling."""
-        async with self._service.pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE payment_attempts SET next_check = now() + interval '1 day' WHERE id = $1", attempt_id
             )
@@ -175,155 +222,119 @@ class BillPoster:
                 "UPDATE payments SET bill_posting = $3::jsonb WHERE id = $1 AND tenant = $2",
                 payment_id,
                 tenant,
-                posting("manual_review"),
+                posting(Posting.MANUAL_REVIEW),
             )
 
     async def finish(
         self,
-        row: Any,
+        tenant: str,
+        payment_id: str,
         attempt_id: str,
         result: BillPosting,
+        caller: Caller,
         *,
-        keyed: KeyedRequest | None,
-        actor: Identity | None,
-        source: str | None,
+        reversed_: bool = False,
     ) -> Response:
-        tenant, payment_id = row["tenant"], row["id"]
         if result.outcome is Outcome.PENDING:
-            return await self._pending(row, attempt_id, keyed)
+            return await self._pending(tenant, payment_id, attempt_id, caller)
         if result.outcome is Outcome.SUCCEEDED:
             decision = Decision(
                 store.PaymentUpdate(
-                    Status.SUCCEEDED, bill_posting=posting("posted", reference=result.biller_reference)
+                    Status.SUCCEEDED, bill_posting=posting(Posting.POSTED, reference=result.biller_reference)
                 ),
                 "succeeded",
                 "payment.succeeded",
                 0,
+                sources(Posting.POSTED),
             )
-            async with self._service.pool.acquire() as conn, conn.transaction():
-                outcome = await self._service.apply_in(
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await self._settler.payment(
                     conn,
                     tenant,
                     payment_id,
                     attempt_id,
                     decision,
-                    connector=None,
-                    currency=row["currency"],
-                    keyed=keyed,
-                    actor=actor,
-                    source=source,
+                    caller=caller,
                     action="bill.post",
+                    extra_events=("bill.posted",),
                 )
-                await self._event(conn, tenant, payment_id, "bill.posted", outcome.body)
-            return outcome
-        return await self._refund_rejected(row, attempt_id, result, keyed=keyed, actor=actor, source=source)
+        return await self._give_back(tenant, payment_id, attempt_id, result, caller, reversed_=reversed_)
 
-    async def _pending(self, row: Any, attempt_id: str, keyed: KeyedRequest | None) -> Response:
-        tenant = row["tenant"]
-        async with self._service.pool.acquire() as conn, conn.transaction():
-            updated = await conn.fetchrow(
-                f"""
+    async def _pending(self, tenant: str, payment_id: str, attempt_id: str, caller: Caller) -> Response:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
                 WITH attempt AS (
                     UPDATE payment_attempts SET status = 'unknown', next_check = now() + interval '5 seconds'
                     WHERE id = $3 AND status IN ('started', 'pending', 'unknown')
                 )
-                UPDATE payments SET bill_posting = $4::jsonb WHERE id = $1 AND tenant = $2
-                RETURNING {store.PAYMENT_COLUMNS}
-                """,  # noqa: S608 - fixed column list
-                row["id"],
+                UPDATE payments SET bill_posting = $4::jsonb
+                WHERE id = $1 AND tenant = $2 AND bill_posting->>'status' = 'posting'
+                """,
+                payment_id,
                 tenant,
                 attempt_id,
-                posting("pending"),
+                posting(Posting.PENDING),
             )
-            body = render.encode(render.payment(updated))
-            if keyed is not None:
-                await idempotency.finish(conn, tenant=tenant, key=keyed.key, status=200, body=body)
-        return Response(200, body)
+            return await self._settler.current(conn, tenant, payment_id, caller)
 
-    async def _refund_rejected(
+    async def _give_back(
         self,
-        row: Any,
+        tenant: str,
+        payment_id: str,
         attempt_id: str,
         result: BillPosting,
+        caller: Caller,
         *,
-        keyed: KeyedRequest | None,
-        actor: Identity | None,
-        source: str | None,
+        reversed_: bool,
     ) -> Response:
-        """The biller refused: give the collected money back, then fail the payment."""
-        tenant, payment_id, currency = row["tenant"], row["id"], row["currency"]
-        amount = row["amount_captured"]
-        payable = ledger.SystemAccount(tenant, "biller_payable", row["biller"], currency)
-        refund_id = new_id("re")
-        back_to: ledger.AccountRef
-        if row["method"] == "balance":
-            back_to = orjson.loads(row["payment_method"])["balance"]["account"]
-        else:
-            connector = self._connectors[row["connector"]]
-            await connector.refund(
-                attempt_id=refund_id, reference=row["connector_reference"], amount=amount, currency=currency
+        """The biller refused (or reversed): fail the payment and refund the collected money."""
+        target = Posting.REVERSED if reversed_ else Posting.REJECTED
+        refund_id: str | None = None
+        async with self._pool.acquire() as conn, conn.transaction():
+            attempt = await conn.fetchrow(
+                "SELECT status FROM payment_attempts WHERE id = $1 FOR UPDATE", attempt_id
             )
-            back_to = ledger.SystemAccount(tenant, "connector_receivable", row["connector"], currency)
-        code = "biller_rejected"
-        decision = Decision(
-            store.PaymentUpdate(
-                Status.FAILED,
-                failure_code=code,
-                failure_message=result.message
-                or f"The biller refused the payment ({result.code or 'rejected'}).",
-                bill_posting=posting("rejected", code=result.code),
-                amount_refunded=amount,
-            ),
-            "failed",
-            "payment.failed",
-            0,
-        )
-        async with self._service.pool.acquire() as conn, conn.transaction():
-            await store.insert_refund(
-                conn,
-                refund_id=refund_id,
-                tenant=tenant,
-                payment_id=payment_id,
-                amount=amount,
-                currency=currency,
-                reason=code,
-                metadata="{}",
+            row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id, lock=True)
+            assert row is not None
+            in_flight = attempt is not None and attempt["status"] in ("started", "pending", "unknown")
+            if not in_flight or _posting_state(row).value not in sources(target):
+                return await self._settler.current(conn, tenant, payment_id, caller)
+            if row["amount_captured"] > row["amount_refunded"]:
+                refund_id = await self._refunds.start_return(conn, row, reason="biller_rejected")
+            decision = Decision(
+                store.PaymentUpdate(
+                    Status.FAILED,
+                    failure_code="biller_rejected",
+                    failure_message=result.message
+                    or f"The biller refused the payment ({result.code or 'rejected'}).",
+                    bill_posting=posting(target, code=result.code),
+                ),
+                "failed",
+                "payment.failed",
+                0,
+                sources(target),
             )
-            refunded = await store.finish_refund(
-                conn,
-                tenant=tenant,
-                refund_id=refund_id,
-                status="succeeded",
-                reference=None,
-                failure_code=None,
+            outcome = await self._settler.payment(
+                conn, tenant, payment_id, attempt_id, decision, caller=caller, action="bill.post"
             )
-            await ledger.post(
-                conn,
-                tenant=tenant,
-                kind="bill_refund",
-                moves=[ledger.Move(payable, back_to, amount, currency)],
-                payment_id=payment_id,
-                refund_id=refund_id,
-            )
-            outcome = await self._service.apply_in(
-                conn,
-                tenant,
-                payment_id,
-                attempt_id,
-                decision,
-                connector=None,
-                currency=currency,
-                keyed=keyed,
-                actor=actor,
-                source=source,
-                action="bill.post",
-            )
-            await self._event(
-                conn, tenant, refund_id, "refund.succeeded", render.encode(render.refund(refunded))
-            )
+            if refund_id is not None and row["method"] == "balance":
+                await self._settler.refund_outcome(
+                    conn,
+                    refund_id,
+                    tenant=tenant,
+                    status="succeeded",
+                    reference=None,
+                    failure=None,
+                    caller=HUB,
+                )
+                refund_id = None
+        if refund_id is not None:
+            await self._refunds.run(tenant, refund_id)
         return outcome
 
-    async def _event(self, conn: Connection, tenant: str, object_id: str, type_: str, body: bytes) -> None:
-        await store.insert_event(
-            conn, event_id=new_id("evt"), tenant=tenant, type_=type_, object_id=object_id, data=body.decode()
-        )
+
+def _posting_state(row: Any) -> Posting:
+    if row["bill_posting"] is None:
+        return Posting.NONE
+    return Posting(orjson.loads(row["bill_posting"])["status"])

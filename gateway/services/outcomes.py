@@ -17,6 +17,8 @@ class Decision:
     attempt_status: str  # payment_attempts.status
     event: str  # event type written to the outbox
     captured: int  # amount newly captured: the ledger moves exactly this much
+    bill_posting_from: tuple[str, ...] | None = None  # guard on a bill payment's posting state
+    post_bill: bool = False  # collected for a bill: record the post attempt in the same transaction
 
 
 def after_authorize(result: ConnectorResult, *, amount: int, capture: bool) -> Decision:

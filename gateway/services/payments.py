@@ -1,19 +1,18 @@
-"""Payments: create (every method), capture, cancel, refund, and settling unknown outcomes.
+"""Payments: create (every method), capture, cancel, and applying connector answers.
 
 Each money-moving request runs in three phases around the connector call (Brandur Leach's
 atomic phases): (1) one transaction records the payment and the attempt and sets the recovery
 point; (2) the connector is called *outside* any transaction, with the attempt id as its
-idempotency reference; (3) one transaction applies the answer: payment and attempt, ledger,
-event, audit and the stored idempotent response. A crash between phases leaves a recovery point
-a retry resumes from, with the same attempt id, so the connector never charges twice.
+idempotency reference; (3) :mod:`gateway.services.settle` applies the answer in one transaction.
+A crash between phases leaves a recovery point a retry resumes from, with the same attempt id,
+so the connector never charges twice; an attempt nobody retries is settled by the resolver.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -29,98 +28,43 @@ from connectors.base import (
 )
 from connectors.base import Outcome as ConnectorOutcome
 from gateway import errors
-from gateway.domain.money import MoneyError, check_amount, normalize_currency
+from gateway.domain.bill_posting import Posting
+from gateway.domain.ledger_rules import Movement, Result
 from gateway.domain.payment_state import CANCELABLE, CAPTURABLE, Status
 from gateway.identity import Identity
 from gateway.ids import new_id
-from gateway.logs import audit as log_audit
-from gateway.logs import mask_pans
-from gateway.metrics import Metrics
-from gateway.services.bills import BillPoster
+from gateway.logs import get_logger
+from gateway.services.bills import BillPoster, collected_for_bill
 from gateway.services.idempotent import KeyedRequest, Outcome, run_idempotent
+from gateway.services.inputs import PreparedMethod, free_text, method_block, money, refuse_card_numbers
 from gateway.services.outcomes import Decision, after_authorize, after_capture, after_error, after_void
+from gateway.services.settle import HUB, Caller, Settler, book
 from gateway.store import idempotency, ledger
 from gateway.store import payments as store
 from gateway.store.idempotency import Claimed
 from gateway.store.keyring import KeyringCache
-from gateway.store.outcomes import OutcomeRecord, record_outcome
 from gateway.store.types import Connection
 from gateway.store.vault import get_card, reveal_pan, vault_card
-from gateway.views import render, schemas
+from gateway.views import schemas
+
+log = get_logger("gateway.payments")
 
 RECOVERY_ATTEMPT_CREATED = "attempt_created"
-# Seconds between status inquiries for an attempt, by how many were made (then every 3 minutes).
-RESOLVE_BACKOFF = (1.0, 5.0, 15.0, 30.0, 60.0, 180.0)
+IN_FLIGHT = ("started", "pending", "unknown")
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedMethod:
-    """What the connector needs (in memory only) and what may be stored and shown."""
-
-    display: dict[str, Any]
-    card: CardData | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)
+class CallbackMismatch(Exception):
+    """A verified notice names an amount or currency that is not its attempt's: nothing is applied."""
 
 
-def money(amount: int, currency: str) -> tuple[int, str]:
-    try:
-        return check_amount(amount), normalize_currency(currency)
-    except MoneyError as exc:
-        raise errors.InvalidRequest(str(exc), param=exc.param) from exc
-
-
-async def record_and_log(conn: Connection, record: OutcomeRecord) -> None:
-    """Event + audit row + stored response in one round trip, then the audit line on stdout."""
-    seq = await record_outcome(conn, record)
-    log_audit(
-        record.action,
-        actor=record.actor,
-        outcome=record.outcome,
-        source=record.source,
-        object_id=record.object_id,
-        tenant=record.tenant,
-        audit_seq=seq,
-        **record.details,
-    )
-
-
-def refuse_card_numbers(fields: Mapping[str, str | None]) -> None:
-    """Free-text fields are stored, shown and sent in webhooks in clear: a card number there would
-    leak the PAN past the vault, so such a request is refused (400) before anything is stored."""
-    for param, value in fields.items():
-        if value and mask_pans(value) != value:
-            raise errors.InvalidRequest(
-                f"{param} looks like it contains a card number; card data goes in payment_method.card only.",
-                param=param,
-            )
-
-
-def free_text(params: schemas.CreatePaymentRequest) -> dict[str, str | None]:
-    customer = params.customer
-    fields: dict[str, str | None] = {"description": params.description}
-    if customer is not None:
-        fields |= {
-            "customer.id": customer.id,
-            "customer.email": customer.email,
-            "customer.device_id": customer.device_id,
-        }
-    card = params.payment_method.card
-    if card is not None:
-        fields["payment_method.card.holder_name"] = card.holder_name
-    for key, value in params.metadata.items():
-        fields[f"metadata.{key}"] = f"{key} {value}"
-    return fields
-
-
-def _method_block(method: schemas.PaymentMethodInput) -> Any:
-    block = getattr(method, method.type)
-    if block is None:
-        raise errors.InvalidRequest(
-            f"payment_method.{method.type} is required when payment_method.type is '{method.type}'.",
-            code="parameter_missing",
-            param=f"payment_method.{method.type}",
-        )
-    return block
+def _mismatch(result: ConnectorResult, *, amount: int, currency: str) -> str | None:
+    """Why a definite answer cannot be about this attempt (None when it can)."""
+    if result.currency is not None and result.currency.upper() != currency:
+        return f"currency {result.currency} is not the attempt's {currency}"
+    told = result.amount_captured or result.amount_authorized
+    if result.outcome is ConnectorOutcome.SUCCEEDED and told and told != amount:
+        return f"amount {told} is not the attempt's {amount}"
+    return None
 
 
 class PaymentService:
@@ -130,19 +74,21 @@ class PaymentService:
         keyring: KeyringCache,
         connectors: Mapping[str, PaymentConnector],
         routing: Mapping[str, Sequence[str]],  # method → connectors in fallback order
-        metrics: Metrics | None = None,
+        settler: Settler,
     ) -> None:
-        self._metrics = metrics or Metrics()
         self.bills: BillPoster | None = None  # set when biller connectors are configured
-        self.refunds: RefundResolver | None = None  # settles refunds whose outcome was unknown
         self._pool = pool
         self._keyring = keyring
         self._connectors = connectors
         self._routing = routing
+        self._settler = settler
 
     @property
     def pool(self) -> asyncpg.Pool:
         return self._pool
+
+    def connector(self, name: str) -> PaymentConnector | None:
+        return self._connectors.get(name)
 
     # ---- create ----------------------------------------------------------------------------
 
@@ -154,15 +100,18 @@ class PaymentService:
         source: str | None,
     ) -> Outcome:
         amount, currency = money(params.amount, params.currency)
-        _method_block(params.payment_method)  # refuse a missing method block before claiming the key
+        method_block(params.payment_method)  # refuse a missing method block before claiming the key
         refuse_card_numbers(free_text(params))
-        if params.bill is not None:
-            params = await self._check_bill(identity, params, amount, currency)
+        caller = Caller(identity, source, keyed)
 
         async def work(claim: Claimed) -> Outcome:
-            return await self._create(
-                identity, params, amount=amount, currency=currency, claim=claim, keyed=keyed, source=source
-            )
+            if claim.object_id is not None:
+                return await self._resume_create(identity.tenant, claim.object_id, params, caller)
+            checked = params
+            if params.bill is not None:
+                # After the key claim: a replay answers from the stored response, never the biller.
+                checked = await self._check_bill(identity, params, amount, currency)
+            return await self._create(identity, checked, amount=amount, currency=currency, caller=caller)
 
         return await run_idempotent(self._pool, keyed, work)
 
@@ -199,7 +148,7 @@ class PaymentService:
             raise errors.InvalidRequest(
                 "A top-up is funded by a card or a bank transfer.", param="payment_method.type"
             )
-        _method_block(params.payment_method)
+        method_block(params.payment_method)
         refuse_card_numbers({"description": params.description})
         async with self._pool.acquire() as conn:
             account = await ledger.get_customer_account(conn, tenant=identity.tenant, account_id=account_id)
@@ -216,20 +165,26 @@ class PaymentService:
             customer=schemas.CustomerInput(id=account.customer_id) if account.customer_id else None,
             description=params.description,
         )
+        caller = Caller(identity, source, keyed)
 
         async def work(claim: Claimed) -> Outcome:
+            if claim.object_id is not None:
+                return await self._resume_create(identity.tenant, claim.object_id, payment, caller)
             return await self._create(
-                identity,
-                payment,
-                amount=amount,
-                currency=currency,
-                claim=claim,
-                keyed=keyed,
-                source=source,
-                destination=account_id,
+                identity, payment, amount=amount, currency=currency, caller=caller, destination=account_id
             )
 
         return await run_idempotent(self._pool, keyed, work)
+
+    def _candidates(self, method: str) -> list[PaymentConnector]:
+        candidates = [
+            self._connectors[name] for name in self._routing.get(method, ()) if name in self._connectors
+        ]
+        if not candidates:
+            raise errors.InvalidRequest(
+                f"No connector is configured for {method} payments.", param="payment_method.type"
+            )
+        return candidates
 
     async def _create(
         self,
@@ -238,64 +193,44 @@ class PaymentService:
         *,
         amount: int,
         currency: str,
-        claim: Claimed,
-        keyed: KeyedRequest,
-        source: str | None,
+        caller: Caller,
         destination: str | None = None,
     ) -> Outcome:
         tenant = identity.tenant
         method = params.payment_method
         if method.type == "balance":
             return await self._create_balance_payment(
-                identity, params, amount=amount, currency=currency, keyed=keyed, source=source
+                identity, params, amount=amount, currency=currency, caller=caller
             )
-        candidates = [
-            self._connectors[name] for name in self._routing.get(method.type, ()) if name in self._connectors
-        ]
-        if not candidates:
-            raise errors.InvalidRequest(
-                f"No connector is configured for {method.type} payments.", param="payment_method.type"
-            )
-        connector = candidates[0]
+        candidates = self._candidates(method.type)
         prepared = await self._prepare(tenant, method)
+        payment_id, attempt_id = new_id("pay"), new_id("att")
+        customer = params.customer
+        assert caller.keyed is not None
         async with self._pool.acquire() as conn:
-            if claim.recovery_point == RECOVERY_ATTEMPT_CREATED and claim.object_id:
-                payment_id = claim.object_id
-                attempt = await store.latest_attempt(conn, payment_id=payment_id, operation="authorize")
-                assert attempt is not None  # written in the same statement as the recovery point
-                attempt_id = attempt["id"]
-                # Resume with the connector that attempt went to (a fallback may have switched it).
-                connector = self._connectors[attempt["connector"]]
-                candidates = (
-                    candidates[candidates.index(connector) :] if connector in candidates else [connector]
-                )
-            else:
-                payment_id, attempt_id = new_id("pay"), new_id("att")
-                customer = params.customer
-                await store.start_payment(
-                    conn,
-                    store.NewPayment(
-                        id=payment_id,
-                        tenant=tenant,
-                        amount=amount,
-                        currency=currency,
-                        method=method.type,
-                        payment_method=orjson.dumps(prepared.display).decode(),
-                        capture_method=params.capture_method,
-                        customer_id=customer.id if customer else None,
-                        customer=_customer_json(customer),
-                        description=params.description,
-                        metadata=orjson.dumps(params.metadata).decode(),
-                        connector=connector.name,
-                        destination_account=destination,
-                        biller=params.bill.biller if params.bill else None,
-                        bill=_bill_json(params.bill),
-                    ),
-                    attempt_id=attempt_id,
-                    idempotency_key=keyed.key,
-                    recovery_point=RECOVERY_ATTEMPT_CREATED,
-                )
-        capture = params.capture_method == "automatic"
+            await store.start_payment(
+                conn,
+                store.NewPayment(
+                    id=payment_id,
+                    tenant=tenant,
+                    amount=amount,
+                    currency=currency,
+                    method=method.type,
+                    payment_method=orjson.dumps(prepared.display).decode(),
+                    capture_method=params.capture_method,
+                    customer_id=customer.id if customer else None,
+                    customer=_customer_json(customer),
+                    description=params.description,
+                    metadata=orjson.dumps(params.metadata).decode(),
+                    connector=candidates[0].name,
+                    destination_account=destination,
+                    biller=params.bill.biller if params.bill else None,
+                    bill=_bill_json(params.bill),
+                ),
+                attempt_id=attempt_id,
+                idempotency_key=caller.keyed.key,
+                recovery_point=RECOVERY_ATTEMPT_CREATED,
+            )
         request = PaymentRequest(
             attempt_id=attempt_id,
             payment_id=payment_id,
@@ -303,12 +238,53 @@ class PaymentService:
             amount=amount,
             currency=currency,
             method=method.type,
-            capture=capture,
+            capture=params.capture_method == "automatic",
             card=prepared.card,
             details=prepared.details,
             customer=_customer_dict(params.customer),
             description=params.description,
         )
+        return await self._authorize(request, candidates, caller, has_bill=params.bill is not None)
+
+    async def _resume_create(
+        self, tenant: str, payment_id: str, params: schemas.CreatePaymentRequest, caller: Caller
+    ) -> Outcome:
+        """A retry of a create whose first run stopped: carry on from where it stopped, same ids."""
+        async with self._pool.acquire() as conn:
+            row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
+            attempt = await store.latest_attempt(conn, payment_id=payment_id, operation="authorize")
+        assert row is not None  # written in the same statement as the recovery point
+        if attempt is not None and attempt["status"] == "started":
+            # Phase 2 never finished: ask again with the same attempt id (the processor
+            # de-duplicates on it) at the connector that attempt went to.
+            connector = self._connectors[attempt["connector"]]
+            candidates = self._candidates(row["method"])
+            candidates = candidates[candidates.index(connector) :] if connector in candidates else [connector]
+            prepared = await self._prepare(tenant, params.payment_method)
+            request = PaymentRequest(
+                attempt_id=attempt["id"],
+                payment_id=payment_id,
+                tenant=tenant,
+                amount=row["amount"],
+                currency=row["currency"],
+                method=row["method"],
+                capture=row["capture_method"] == "automatic",
+                card=prepared.card,
+                details=prepared.details,
+                customer=_customer_dict(params.customer),
+                description=row["description"],
+            )
+            return await self._authorize(request, candidates, caller, has_bill=row["biller"] is not None)
+        if self.bills is not None and _posting_state(row) in (Posting.POSTING, Posting.PENDING):
+            return await self.bills.post(tenant, payment_id, caller)
+        async with self._pool.acquire() as conn:
+            return await self._settler.current(conn, tenant, payment_id, caller)
+
+    async def _authorize(
+        self, request: PaymentRequest, candidates: list[PaymentConnector], caller: Caller, *, has_bill: bool
+    ) -> Outcome:
+        """Phases 2 and 3 of a create: the connector call (with fallback), then apply."""
+        tenant, payment_id, attempt_id = request.tenant, request.payment_id, request.attempt_id
         for position, connector in enumerate(candidates):
             try:
                 result = await connector.authorize(request)
@@ -327,34 +303,32 @@ class PaymentService:
                         failed_attempt=attempt_id,
                         attempt_id=request.attempt_id,
                         connector=candidates[position + 1].name,
-                        amount=amount,
+                        amount=request.amount,
                     )
                 attempt_id = request.attempt_id
             except ConnectorError as exc:
                 decision = after_error(exc)
                 break
             else:
-                decision = after_authorize(result, amount=amount, capture=capture)
+                decision = after_authorize(result, amount=request.amount, capture=request.capture)
                 break
-        decision, post_bill = _hold_for_bill(decision, has_bill=params.bill is not None)
-        outcome = await self._apply(
-            tenant,
-            payment_id,
-            attempt_id,
-            decision,
-            connector=connector.name,
-            currency=currency,
-            keyed=None if post_bill else keyed,  # the response is the one after posting
-            actor=identity,
-            source=source,
-            action="payment.create",
-        )
-        if post_bill and self.bills is not None:
-            return await self.bills.post(tenant, payment_id, keyed=keyed, actor=identity, source=source)
+        decision = collected_for_bill(decision, current=Status.NEW) if has_bill else decision
+        async with self._pool.acquire() as conn, conn.transaction():
+            outcome = await self._settler.payment(
+                conn,
+                tenant,
+                payment_id,
+                attempt_id,
+                decision,
+                caller=Caller(caller.actor, caller.source, None) if decision.post_bill else caller,
+                action="payment.create",
+            )
+        if decision.post_bill and self.bills is not None:
+            return await self.bills.post(tenant, payment_id, caller)  # the response is the one after posting
         return outcome
 
     async def _prepare(self, tenant: str, method: schemas.PaymentMethodInput) -> PreparedMethod:
-        block = _method_block(method)
+        block = method_block(method)
         if isinstance(block, schemas.CardInput):
             return await self._prepare_card(tenant, block)
         if isinstance(block, schemas.BankTransferInput):
@@ -433,13 +407,18 @@ class PaymentService:
         *,
         amount: int,
         currency: str,
-        keyed: KeyedRequest,
-        source: str | None,
+        caller: Caller,
     ) -> Outcome:
-        """A stored-balance payment is a ledger move: no connector, one transaction."""
+        """A stored-balance payment is a ledger move: no connector, one transaction.
+
+        For a bill, the same transaction records the post attempt and the key's recovery point, so
+        a retry after a crash posts (again, same reference) and never debits twice.
+        """
         tenant = identity.tenant
-        account_id = _method_block(params.payment_method).account
+        account_id = method_block(params.payment_method).account
         payment_id = new_id("pay")
+        bill = params.bill
+        assert caller.keyed is not None
         async with self._pool.acquire() as conn, conn.transaction():
             account = await ledger.get_customer_account(conn, tenant=tenant, account_id=account_id)
             if account is None:
@@ -451,7 +430,7 @@ class PaymentService:
                     f"The account holds {account.currency}; the payment is in {currency}.", param="currency"
                 )
             customer = params.customer
-            await store.insert_payment(
+            row = await store.insert_payment(
                 conn,
                 store.NewPayment(
                     id=payment_id,
@@ -468,25 +447,13 @@ class PaymentService:
                     description=params.description,
                     metadata=orjson.dumps(params.metadata).decode(),
                     connector=None,
-                    biller=params.bill.biller if params.bill else None,
-                    bill=_bill_json(params.bill),
+                    biller=bill.biller if bill else None,
+                    bill=_bill_json(bill),
                 ),
-            )
-            # Money for a bill is owed to the biller until posted; otherwise it is the tenant's.
-            clearing = (
-                ledger.SystemAccount(tenant, "biller_payable", params.bill.biller, currency)
-                if params.bill
-                else ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
             )
             try:
                 async with conn.transaction():  # savepoint: an overdraft fails the payment, not the request
-                    await ledger.post(
-                        conn,
-                        tenant=tenant,
-                        kind="payment",
-                        moves=[ledger.Move(account_id, clearing, amount, currency)],
-                        payment_id=payment_id,
-                    )
+                    await book(conn, row, Movement.COLLECT, Result.SUCCEEDED, amount)
             except ledger.InsufficientFunds:
                 decision = Decision(
                     store.PaymentUpdate(
@@ -503,23 +470,27 @@ class PaymentService:
                     "payment.succeeded",
                     amount,
                 )
-            # The ledger move above is the capture; `captured` only tells _hold_for_bill money was taken.
-            decision, post_bill = _hold_for_bill(decision, has_bill=params.bill is not None)
-            outcome = await self.apply_in(
+            if bill is not None:
+                decision = collected_for_bill(decision, current=Status.NEW)
+            if decision.post_bill:
+                await idempotency.set_recovery_point(
+                    conn,
+                    tenant=tenant,
+                    key=caller.keyed.key,
+                    point=RECOVERY_ATTEMPT_CREATED,
+                    object_id=payment_id,
+                )
+            outcome = await self._settler.payment(
                 conn,
                 tenant,
                 payment_id,
                 None,
                 decision,
-                connector=None,
-                currency=currency,
-                keyed=None if post_bill else keyed,
-                actor=identity,
-                source=source,
+                caller=Caller(caller.actor, caller.source, None) if decision.post_bill else caller,
                 action="payment.create",
             )
-        if post_bill and self.bills is not None:
-            return await self.bills.post(tenant, payment_id, keyed=keyed, actor=identity, source=source)
+        if decision.post_bill and self.bills is not None:
+            return await self.bills.post(tenant, payment_id, caller)
         return outcome
 
     # ---- capture / cancel ------------------------------------------------------------------
@@ -527,8 +498,12 @@ class PaymentService:
     async def capture(
         self, identity: Identity, payment_id: str, amount: int | None, keyed: KeyedRequest, source: str | None
     ) -> Outcome:
+        caller = Caller(identity, source, keyed)
+        tenant = identity.tenant
+
         async def work(claim: Claimed) -> Outcome:
-            tenant = identity.tenant
+            if claim.object_id is not None:
+                return await self._resume(tenant, payment_id, "capture", caller)
             async with self._pool.acquire() as conn, conn.transaction():
                 row = await store.claim_status(
                     conn,
@@ -558,43 +533,43 @@ class PaymentService:
                 await idempotency.set_recovery_point(
                     conn, tenant=tenant, key=keyed.key, point=RECOVERY_ATTEMPT_CREATED, object_id=payment_id
                 )
-            connector = self._connectors[row["connector"]]
-            try:
-                result = await connector.capture(
-                    attempt_id=attempt_id,
-                    reference=row["connector_reference"],
-                    amount=to_capture,
-                    currency=row["currency"],
-                )
-            except ConnectorError as exc:
-                decision = after_error(exc)
-                if exc.outcome_known:  # nothing captured: the authorization still stands
-                    decision = Decision(
-                        store.PaymentUpdate(Status.REQUIRES_CAPTURE), "failed", "payment.capture_failed", 0
-                    )
-            else:
-                decision = after_capture(result, amount=to_capture)
-            return await self._apply(
-                tenant,
-                payment_id,
-                attempt_id,
-                decision,
-                connector=row["connector"],
-                currency=row["currency"],
-                keyed=keyed,
-                actor=identity,
-                source=source,
-                action="payment.capture",
-            )
+            return await self._capture(row, attempt_id, to_capture, caller)
 
         return await run_idempotent(self._pool, keyed, work)
+
+    async def _capture(self, row: Any, attempt_id: str, amount: int, caller: Caller) -> Outcome:
+        """Phases 2 and 3 of a capture (also a retry or the resolver sending it again, same attempt)."""
+        connector = self._connectors[row["connector"]]
+        try:
+            result = await connector.capture(
+                attempt_id=attempt_id,
+                reference=row["connector_reference"],
+                amount=amount,
+                currency=row["currency"],
+            )
+        except ConnectorError as exc:
+            decision = after_error(exc)
+            if exc.outcome_known:  # nothing captured: the authorization still stands
+                decision = Decision(
+                    store.PaymentUpdate(Status.REQUIRES_CAPTURE), "failed", "payment.capture_failed", 0
+                )
+        else:
+            decision = after_capture(result, amount=amount)
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await self._settler.payment(
+                conn, row["tenant"], row["id"], attempt_id, decision, caller=caller, action="payment.capture"
+            )
 
     async def cancel(
         self, identity: Identity, payment_id: str, keyed: KeyedRequest, source: str | None
     ) -> Outcome:
+        caller = Caller(identity, source, keyed)
+        tenant = identity.tenant
+
         async def work(claim: Claimed) -> Outcome:
-            tenant = identity.tenant
-            async with self._pool.acquire() as conn:
+            if claim.object_id is not None:
+                return await self._resume(tenant, payment_id, "void", caller)
+            async with self._pool.acquire() as conn, conn.transaction():
                 row = await store.claim_status(
                     conn,
                     tenant=tenant,
@@ -604,11 +579,10 @@ class PaymentService:
                 )
                 if row is None:
                     raise await self._why_not(conn, tenant, payment_id, "cancel")
-            attempt_id = None
-            if row["connector"] is not None and row["connector_reference"] is not None:
-                # Release the authorization (or close the wallet order) at the connector first.
-                attempt_id = new_id("att")
-                async with self._pool.acquire() as conn:
+                attempt_id = None
+                if row["connector"] is not None and row["connector_reference"] is not None:
+                    # Release the authorization (or close the wallet order) at the connector first.
+                    attempt_id = new_id("att")
                     await store.insert_attempt(
                         conn,
                         attempt_id=attempt_id,
@@ -618,57 +592,83 @@ class PaymentService:
                         connector=row["connector"],
                         amount=0,
                     )
-                try:
-                    result: ConnectorResult | None = await self._connectors[row["connector"]].void(
-                        attempt_id=attempt_id, reference=row["connector_reference"]
+                    await idempotency.set_recovery_point(
+                        conn,
+                        tenant=tenant,
+                        key=keyed.key,
+                        point=RECOVERY_ATTEMPT_CREATED,
+                        object_id=payment_id,
                     )
-                    known = result is not None and result.outcome is not ConnectorOutcome.PENDING
-                    refusal: ConnectorError | None = None
-                except ConnectorError as exc:
-                    result, known = None, exc.outcome_known
-                    refusal = None if exc.retriable else exc  # e.g. the wallet order was paid meanwhile
-                if not known:
-                    # Sent, no definite answer: stay processing; the resolver asks until it knows.
-                    async with self._pool.acquire() as conn, conn.transaction():
-                        await store.mark_unknown(conn, attempt_id=attempt_id)
-                        current = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
-                        body = render.encode(render.payment(current))
-                        await idempotency.finish(conn, tenant=tenant, key=keyed.key, status=200, body=body)
-                    return Outcome(200, body)
-                if result is None or result.outcome is not ConnectorOutcome.SUCCEEDED:
-                    # The connector refused or was unreachable: nothing changed there, so undo our claim.
-                    async with self._pool.acquire() as conn:
-                        await store.claim_status(
-                            conn,
-                            tenant=tenant,
-                            payment_id=payment_id,
-                            allowed=["processing"],
-                            target=row["previous_status"],
-                        )
-                    if result is None and refusal is None:
-                        raise errors.Unavailable("The connector could not release the payment; retry.")
-                    reason = (
-                        refusal.code if refusal is not None else (result and result.decline_code) or "refused"
+            if attempt_id is None:
+                decision = Decision(store.PaymentUpdate(Status.CANCELED), "succeeded", "payment.canceled", 0)
+                async with self._pool.acquire() as conn, conn.transaction():
+                    return await self._settler.payment(
+                        conn, tenant, payment_id, None, decision, caller=caller, action="payment.cancel"
                     )
-                    raise errors.Conflict(
-                        f"The processor refused to cancel this payment ({reason}).",
-                        code="payment_cancel_refused",
-                    )
-            decision = Decision(store.PaymentUpdate(Status.CANCELED), "succeeded", "payment.canceled", 0)
-            return await self._apply(
-                tenant,
-                payment_id,
-                attempt_id,
-                decision,
-                connector=row["connector"],
-                currency=row["currency"],
-                keyed=keyed,
-                actor=identity,
-                source=source,
-                action="payment.cancel",
-            )
+            return await self._void(row, attempt_id, caller, previous=row["previous_status"])
 
         return await run_idempotent(self._pool, keyed, work)
+
+    async def _void(self, row: Any, attempt_id: str, caller: Caller, *, previous: str | None) -> Outcome:
+        """Phases 2 and 3 of a cancel (also sent again by a retry or the resolver, same attempt)."""
+        tenant, payment_id = row["tenant"], row["id"]
+        try:
+            result: ConnectorResult | None = await self._connectors[row["connector"]].void(
+                attempt_id=attempt_id, reference=row["connector_reference"]
+            )
+            known = result is not None and result.outcome is not ConnectorOutcome.PENDING
+            refusal: ConnectorError | None = None
+        except ConnectorError as exc:
+            result, known = None, exc.outcome_known
+            refusal = None if exc.retriable else exc  # e.g. the wallet order was paid meanwhile
+        if not known:
+            # Sent, no definite answer: stay processing; the resolver asks until it knows.
+            async with self._pool.acquire() as conn, conn.transaction():
+                await store.mark_unknown(conn, attempt_id=attempt_id)
+                return await self._settler.current(conn, tenant, payment_id, caller)
+        if result is not None and result.outcome is ConnectorOutcome.SUCCEEDED:
+            decision = Decision(store.PaymentUpdate(Status.CANCELED), "succeeded", "payment.canceled", 0)
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await self._settler.payment(
+                    conn, tenant, payment_id, attempt_id, decision, caller=caller, action="payment.cancel"
+                )
+        # The connector refused or was unreachable: nothing changed there, so undo our claim.
+        back = previous or (
+            Status.REQUIRES_CAPTURE if row["amount_authorized"] > 0 else Status.REQUIRES_ACTION
+        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE payment_attempts SET status = 'failed', next_check = NULL "
+                "WHERE id = $1 AND status = ANY($2)",
+                attempt_id,
+                list(IN_FLIGHT),
+            )
+            await store.claim_status(
+                conn, tenant=tenant, payment_id=payment_id, allowed=["processing"], target=str(back)
+            )
+        if result is None and refusal is None:
+            raise errors.Unavailable("The connector could not release the payment; retry.")
+        reason = refusal.code if refusal is not None else (result and result.decline_code) or "refused"
+        raise errors.Conflict(
+            f"The processor refused to cancel this payment ({reason}).", code="payment_cancel_refused"
+        )
+
+    async def _resume(self, tenant: str, payment_id: str, operation: str, caller: Caller) -> Outcome:
+        """A retried capture or cancel whose first run stopped after phase 1: send it again, same attempt."""
+        async with self._pool.acquire() as conn:
+            row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
+            attempt = await store.latest_attempt(conn, payment_id=payment_id, operation=operation)
+        assert row is not None
+        if attempt is None or attempt["status"] != "started":
+            async with self._pool.acquire() as conn:
+                return await self._settler.current(conn, tenant, payment_id, caller)
+        return await self.send_again(row, attempt, caller)
+
+    async def send_again(self, row: Any, attempt: Any, caller: Caller = HUB) -> Outcome:
+        """Phase 2 of a capture or void recorded but never answered (a crash): same attempt id."""
+        if attempt["operation"] == "capture":
+            return await self._capture(row, attempt["id"], attempt["amount"], caller)
+        return await self._void(row, attempt["id"], caller, previous=None)
 
     async def _why_not(self, conn: Connection, tenant: str, payment_id: str, action: str) -> errors.ApiError:
         row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
@@ -679,73 +679,7 @@ class PaymentService:
             code="payment_unexpected_state",
         )
 
-    # ---- settle unknown outcomes -----------------------------------------------------------
-
-    async def resolve_due(self, *, limit: int = 50) -> int:
-        """Ask connectors about attempts whose outcome is pending or unknown; apply what they say.
-
-        Attempts are claimed with FOR UPDATE SKIP LOCKED and pushed forward, so any number of
-        gateway processes can run this without asking twice about the same attempt.
-        """
-        async with self._pool.acquire() as conn, conn.transaction():
-            due = await conn.fetch(
-                """
-                WITH due AS (
-                    SELECT a.id FROM payment_attempts a
-                    WHERE a.status IN ('pending', 'unknown') AND a.next_check <= now()
-                      AND a.operation IN ('authorize', 'capture', 'void', 'refund', 'post_bill')
-                    ORDER BY a.next_check LIMIT $1 FOR UPDATE SKIP LOCKED
-                )
-                UPDATE payment_attempts a SET next_check = now() + interval '30 seconds', tries = a.tries + 1
-                FROM due, payments p
-                WHERE a.id = due.id AND p.id = a.payment_id
-                RETURNING a.id, a.payment_id, a.tenant, a.operation, a.connector, a.amount, a.tries,
-                          a.refund_id,
-                          p.currency, p.capture_method
-                """,
-                limit,
-            )
-        for attempt in due:
-            await self._resolve(attempt)
-        return len(due)
-
-    async def _resolve(self, attempt: Any) -> None:
-        if attempt["operation"] == "refund":
-            if not (self.refunds is not None and await self.refunds.resolve(attempt)):
-                await self._recheck_later(attempt)
-            return
-        if attempt["operation"] == "post_bill":
-            # For a bill posting the attempt's `connector` column holds the biller id.
-            settled = self.bills is not None and await self.bills.resolve(
-                attempt["tenant"],
-                attempt["payment_id"],
-                attempt["id"],
-                attempt["connector"],
-                tries=attempt["tries"],
-            )
-            if not settled:
-                await self._recheck_later(attempt)
-            return
-        connector = self._connectors.get(attempt["connector"])
-        if connector is None:
-            return
-        try:
-            result = await connector.sync(attempt_id=attempt["id"], operation=attempt["operation"])
-        except ConnectorError:
-            result = None  # the connector is unreachable right now: ask again later
-        if result is None or result.outcome in (ConnectorOutcome.PENDING, ConnectorOutcome.REQUIRES_ACTION):
-            await self._recheck_later(attempt)
-            return
-        await self.settle_attempt(attempt["connector"], attempt["id"], result, action="payment.resolve")
-
-    async def _recheck_later(self, attempt: Any) -> None:
-        delay = RESOLVE_BACKOFF[min(attempt["tries"], len(RESOLVE_BACKOFF) - 1)]
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE payment_attempts SET next_check = now() + make_interval(secs => $2) WHERE id = $1",
-                attempt["id"],
-                delay,
-            )
+    # ---- definite answers that arrive later (callbacks, status inquiries) ------------------
 
     async def settle_attempt(
         self, connector: str, attempt_id: str, result: ConnectorResult, *, action: str = "payment.callback"
@@ -755,11 +689,11 @@ class PaymentService:
         Idempotent against duplicate and out-of-order notices: the attempt row is locked and only
         a ``started``/``pending``/``unknown`` attempt changes; a settled one is left as it is, so the
         second of two identical callbacks, or a late "pending" after a "succeeded", changes nothing.
-        Returns whether this call changed the payment.
+        An answer whose amount or currency is not the attempt's raises CallbackMismatch and changes
+        nothing. Returns whether this call changed the payment.
         """
         if result.outcome is ConnectorOutcome.PENDING:
             return False
-        post_bill = False
         async with self._pool.acquire() as conn, conn.transaction():
             attempt = await conn.fetchrow(
                 """
@@ -772,8 +706,12 @@ class PaymentService:
                 attempt_id,
                 connector,
             )
-            if attempt is None or attempt["status"] not in ("started", "pending", "unknown"):
+            if attempt is None or attempt["status"] not in IN_FLIGHT:
                 return False
+            why = _mismatch(result, amount=attempt["amount"], currency=attempt["currency"])
+            if why is not None:
+                log.error("payment.answer_mismatch", connector=connector, attempt=attempt_id, reason=why)
+                raise CallbackMismatch(why)
             if attempt["operation"] == "capture":
                 decision = after_capture(result, amount=attempt["amount"])
             elif attempt["operation"] == "void":
@@ -782,8 +720,9 @@ class PaymentService:
                 decision = after_authorize(
                     result, amount=attempt["amount"], capture=attempt["capture_method"] == "automatic"
                 )
-                # Money collected asynchronously for a bill is posted now, like a synchronous one.
-                decision, post_bill = _hold_for_bill(decision, has_bill=attempt["biller"] is not None)
+                if attempt["biller"] is not None:
+                    # Money collected asynchronously for a bill is posted now, like a synchronous one.
+                    decision = collected_for_bill(decision, current=Status(attempt["payment_status"]))
             else:
                 return False
             if (
@@ -791,172 +730,18 @@ class PaymentService:
                 and attempt["payment_status"] == "requires_action"
             ):
                 return False  # nothing new
-            await self.apply_in(
+            await self._settler.payment(
                 conn,
                 attempt["tenant"],
                 attempt["payment_id"],
                 attempt_id,
                 decision,
-                connector=connector,
-                currency=attempt["currency"],
-                keyed=None,
-                actor=None,
-                source=None,
+                caller=HUB,
                 action=action,
             )
-        if post_bill and self.bills is not None:
-            await self.bills.post(
-                attempt["tenant"], attempt["payment_id"], keyed=None, actor=None, source=None
-            )
+        if decision.post_bill and self.bills is not None:
+            await self.bills.post(attempt["tenant"], attempt["payment_id"])
         return True
-
-    # ---- apply an outcome ------------------------------------------------------------------
-
-    async def _apply(
-        self,
-        tenant: str,
-        payment_id: str,
-        attempt_id: str | None,
-        decision: Decision,
-        *,
-        connector: str | None,
-        currency: str,
-        keyed: KeyedRequest | None,
-        actor: Identity | None,
-        source: str | None,
-        action: str,
-    ) -> Outcome:
-        async with self._pool.acquire() as conn, conn.transaction():
-            return await self.apply_in(
-                conn,
-                tenant,
-                payment_id,
-                attempt_id,
-                decision,
-                connector=connector,
-                currency=currency,
-                keyed=keyed,
-                actor=actor,
-                source=source,
-                action=action,
-            )
-
-    async def apply_in(
-        self,
-        conn: Connection,
-        tenant: str,
-        payment_id: str,
-        attempt_id: str | None,
-        decision: Decision,
-        *,
-        connector: str | None,
-        currency: str,
-        keyed: KeyedRequest | None,
-        actor: Identity | None,
-        source: str | None,
-        action: str,
-    ) -> Outcome:
-        """Phase 3, inside the caller's transaction: payment + attempt, ledger, event, audit, response."""
-        row = await store.apply_result(
-            conn,
-            tenant=tenant,
-            payment_id=payment_id,
-            update=decision.update,
-            attempt_id=attempt_id or "",
-            attempt_status=decision.attempt_status,
-            decline_code=decision.update.failure_code,
-        )
-        if row is None:
-            # A callback settled this attempt while we waited for the connector: answer with the
-            # payment as it stands (and store that as the idempotent response), record nothing twice.
-            current = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
-            assert current is not None
-            body = render.encode(render.payment(current))
-            if keyed is not None:
-                await idempotency.finish(conn, tenant=tenant, key=keyed.key, status=200, body=body)
-            return Outcome(200, body)
-        if connector is not None:
-            await _post_ledger(conn, row, decision, connector)
-        self._metrics.payments.labels(row["method"], row["status"], connector or "ledger").inc()
-        body = render.encode(render.payment(row))
-        await record_and_log(
-            conn,
-            OutcomeRecord(
-                tenant=tenant,
-                object_id=payment_id,
-                event_id=new_id("evt"),
-                event_type=decision.event,
-                body=body,
-                actor=actor.spiffe_id if actor else "payhub",
-                action=action,
-                outcome=row["status"],
-                source=source,
-                details={"amount": row["amount"], "currency": currency, "method": row["method"]},
-                idempotency_key=keyed.key if keyed else None,
-            ),
-        )
-        return Outcome(200, body)
-
-
-async def _post_ledger(conn: Connection, row: Any, decision: Decision, connector: str) -> None:
-    """The ledger side of a connector outcome.
-
-    A payment's captured funds go from the connector's receivable to the tenant's clearing
-    account. A top-up's go to the customer's stored balance; while a bank transfer is still
-    settling they sit in the balance's ``pending`` bucket, then move to ``available`` (or back
-    out if the transfer fails).
-    """
-    tenant, currency, payment_id = row["tenant"], row["currency"], row["id"]
-    receivable = ledger.SystemAccount(tenant, "connector_receivable", connector, currency)
-    destination = row["destination_account"]
-    moves: list[ledger.Move] = []
-    kind = ""
-    if destination is None:
-        if decision.captured:
-            kind = "payment_capture"
-            # Money collected for a bill is owed to the biller, not to the tenant.
-            to: ledger.SystemAccount = (
-                ledger.SystemAccount(tenant, "biller_payable", row["biller"], currency)
-                if row["biller"]
-                else ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
-            )
-            moves = [ledger.Move(receivable, to, decision.captured, currency)]
-    else:
-        pending_posted = await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM ledger_transactions "
-            "WHERE payment_id = $1 AND kind = 'topup_pending')",
-            payment_id,
-        )
-        amount = row["amount"]
-        if decision.captured and pending_posted:
-            kind = "topup_settled"
-            moves = [
-                ledger.Move(destination, destination, amount, currency, "pending", "available"),
-                ledger.Move(receivable, receivable, amount, currency, "available", "pending"),
-            ]
-        elif decision.captured:
-            kind = "topup"
-            moves = [ledger.Move(receivable, destination, decision.captured, currency)]
-        elif row["status"] == Status.PROCESSING and not pending_posted:
-            kind = "topup_pending"
-            moves = [ledger.Move(receivable, destination, amount, currency, "pending", "pending")]
-        elif row["status"] == Status.FAILED and pending_posted:
-            kind = "topup_reversed"
-            moves = [ledger.Move(destination, receivable, amount, currency, "pending", "pending")]
-    if moves:
-        await ledger.post(conn, tenant=tenant, kind=kind, moves=moves, payment_id=payment_id)
-
-
-class RefundResolver(Protocol):
-    async def resolve(self, attempt: Any) -> bool: ...
-
-
-def _hold_for_bill(decision: Decision, *, has_bill: bool) -> tuple[Decision, bool]:
-    """A bill payment's collected money is not a success yet: it stays processing until posted."""
-    if not has_bill or decision.update.status != Status.SUCCEEDED or not decision.captured:
-        return decision, False
-    update = dataclasses.replace(decision.update, status=Status.PROCESSING)
-    return Decision(update, decision.attempt_status, "payment.processing", decision.captured), True
 
 
 def _bill_json(bill: schemas.BillInput | None) -> str | None:
@@ -986,3 +771,9 @@ def _customer_dict(customer: schemas.CustomerInput | None) -> dict[str, Any]:
 
 def _customer_json(customer: schemas.CustomerInput | None) -> str | None:
     return orjson.dumps(_customer_dict(customer)).decode() if customer is not None else None
+
+
+def _posting_state(row: Any) -> Posting:
+    if row["bill_posting"] is None:
+        return Posting.NONE
+    return Posting(orjson.loads(row["bill_posting"])["status"])

@@ -1,14 +1,20 @@
-"""Refunds: never more than captured, whatever the concurrency (DESIGN §7).
+"""Refunds: never more than captured, whatever the concurrency, retries and crashes (DESIGN §7).
 
-Phase 1 reserves the amount on the payment row (a conditional UPDATE under the row lock) and
-records the refund and its attempt; phase 2 asks the connector; phase 3 settles: a failed
-refund gives the reserved amount back. Stored-balance payments are refunded by a ledger move.
+Phase 1, one transaction: reserve the amount on the payment row (a conditional UPDATE under the
+row lock), record the refund and its attempt, hold the money in the ledger (a top-up's balance
+that no longer holds it refuses the refund: 409), and set the key's recovery point. Phase 2 asks
+the connector with the attempt id as its reference. Phase 3 (:mod:`gateway.services.settle`)
+settles: the hold goes to the connector, or back. A retry with the same key resumes the same
+refund and attempt; one nobody retries is finished by the resolver. Balance-funded payments are
+refunded by a ledger move in phase 1.
+
+The biller-rejection refund of a bill payment (``start_return``) is the same refund, started by
+the bill flow inside its own transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -16,37 +22,30 @@ import orjson
 
 from connectors.base import ConnectorError, Outcome, PaymentConnector
 from gateway import errors
+from gateway.domain.ledger_rules import Funding, Movement, Result
 from gateway.domain.money import MoneyError, check_amount
 from gateway.identity import Identity
 from gateway.ids import new_id
 from gateway.services.idempotent import KeyedRequest, run_idempotent
 from gateway.services.idempotent import Outcome as Response
-from gateway.services.payments import record_and_log, refuse_card_numbers
+from gateway.services.inputs import refuse_card_numbers
+from gateway.services.settle import HUB, Caller, Settler, book, funding_of
 from gateway.store import idempotency, ledger
 from gateway.store import payments as store
 from gateway.store.idempotency import Claimed
-from gateway.store.outcomes import OutcomeRecord
 from gateway.store.types import Connection
 from gateway.views import render, schemas
 
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """Which refund an answer is about (and where its money goes in the ledger)."""
-
-    tenant: str
-    payment_id: str
-    refund_id: str
-    attempt_id: str
-    connector: str
-    amount: int
-    currency: str
+RECOVERY_REFUND_STARTED = "refund_started"
 
 
 class RefundService:
-    def __init__(self, pool: asyncpg.Pool, connectors: Mapping[str, PaymentConnector]) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, connectors: Mapping[str, PaymentConnector], settler: Settler
+    ) -> None:
         self._pool = pool
         self._connectors = connectors
+        self._settler = settler
 
     async def create(
         self, identity: Identity, params: schemas.CreateRefundRequest, keyed: KeyedRequest, source: str | None
@@ -56,27 +55,23 @@ class RefundService:
                 check_amount(params.amount)
             except MoneyError as exc:
                 raise errors.InvalidRequest(str(exc), param="amount") from exc
-
         refuse_card_numbers({f"metadata.{k}": f"{k} {v}" for k, v in params.metadata.items()})
+        caller = Caller(identity, source, keyed)
 
         async def work(claim: Claimed) -> Response:
-            return await self._create(identity, params, claim=claim, keyed=keyed, source=source)
+            if claim.recovery_point == RECOVERY_REFUND_STARTED and claim.object_id:
+                return await self.run(identity.tenant, claim.object_id, caller)  # resume, same attempt
+            return await self._create(identity, params, caller)
 
         return await run_idempotent(self._pool, keyed, work)
 
     async def _create(
-        self,
-        identity: Identity,
-        params: schemas.CreateRefundRequest,
-        *,
-        claim: Claimed,
-        keyed: KeyedRequest,
-        source: str | None,
+        self, identity: Identity, params: schemas.CreateRefundRequest, caller: Caller
     ) -> Response:
         tenant = identity.tenant
-        refund_id, attempt_id = new_id("re"), new_id("att")
+        assert caller.keyed is not None
         async with self._pool.acquire() as conn, conn.transaction():
-            payment = await store.get_payment(conn, tenant=tenant, payment_id=params.payment)
+            payment = await store.get_payment(conn, tenant=tenant, payment_id=params.payment, lock=True)
             if payment is None:
                 raise errors.NotFound(f"No such payment: '{params.payment}'.", param="payment")
             if payment["biller"] is not None:
@@ -94,91 +89,168 @@ class RefundService:
                     f"and {refundable} is left to refund.",
                     code="charge_not_refundable",
                 )
-            reserved = await store.reserve_refund(
-                conn, tenant=tenant, payment_id=params.payment, amount=amount
-            )
-            if reserved is None:
-                raise errors.InvalidRequest(
+            refund_id = await self._start(
+                conn,
+                payment,
+                amount=amount,
+                reason=params.reason,
+                metadata=orjson.dumps(params.metadata).decode(),
+                statuses=("succeeded",),
+                on_too_much=lambda: errors.InvalidRequest(
                     f"Refund amount ({amount}) is greater than the unrefunded amount ({refundable}).",
                     code="amount_too_large",
                     param="amount",
-                )
-            currency = payment["currency"]
-            await store.insert_refund(
-                conn,
-                refund_id=refund_id,
-                tenant=tenant,
-                payment_id=params.payment,
-                amount=amount,
-                currency=currency,
-                reason=params.reason,
-                metadata=orjson.dumps(params.metadata).decode(),
+                ),
             )
-            if payment["method"] == "balance":
-                # Money goes straight back to the stored balance: the ledger move is the refund.
-                account = orjson.loads(payment["payment_method"])["balance"]["account"]
-                clearing = ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
-                await ledger.post(
-                    conn,
-                    tenant=tenant,
-                    kind="refund",
-                    moves=[ledger.Move(clearing, account, amount, currency)],
-                    payment_id=params.payment,
-                    refund_id=refund_id,
-                )
-                return await self._settle(
+            if funding_of(payment) is Funding.BALANCE:
+                return await self._settler.refund_outcome(
                     conn,
                     refund_id,
+                    tenant=tenant,
                     status="succeeded",
                     reference=None,
                     failure=None,
-                    keyed=keyed,
-                    identity=identity,
-                    source=source,
+                    caller=caller,
                 )
+            await idempotency.set_recovery_point(
+                conn, tenant=tenant, key=caller.keyed.key, point=RECOVERY_REFUND_STARTED, object_id=refund_id
+            )
+        return await self.run(tenant, refund_id, caller)
+
+    async def start_return(self, conn: Connection, payment: Any, *, reason: str) -> str:
+        """Phase 1 of giving a bill payment's collected money back (the biller refused or reversed it),
+        inside the caller's transaction. Returns the refund id; call :meth:`run` after commit."""
+        amount = payment["amount_captured"] - payment["amount_refunded"]
+        return await self._start(
+            conn,
+            payment,
+            amount=amount,
+            reason=reason,
+            metadata="{}",
+            statuses=("processing", "failed", "succeeded"),
+            on_too_much=lambda: errors.Conflict(
+                "Nothing is left to give back.", code="charge_not_refundable"
+            ),
+        )
+
+    async def _start(
+        self,
+        conn: Connection,
+        payment: Any,
+        *,
+        amount: int,
+        reason: str | None,
+        metadata: str,
+        statuses: Sequence[str],
+        on_too_much: Any,
+    ) -> str:
+        tenant, payment_id, currency = payment["tenant"], payment["id"], payment["currency"]
+        refund_id = new_id("re")
+        reserved = await store.reserve_refund(
+            conn, tenant=tenant, payment_id=payment_id, amount=amount, statuses=statuses
+        )
+        if reserved is None:
+            raise on_too_much()
+        await store.insert_refund(
+            conn,
+            refund_id=refund_id,
+            tenant=tenant,
+            payment_id=payment_id,
+            amount=amount,
+            currency=currency,
+            reason=reason,
+            metadata=metadata,
+        )
+        direct = funding_of(payment) is Funding.BALANCE
+        try:
+            async with conn.transaction():  # savepoint: a balance that no longer holds it refuses
+                await book(
+                    conn,
+                    payment,
+                    Movement.REFUND,
+                    Result.DIRECT if direct else Result.RESERVED,
+                    amount,
+                    refund_id=refund_id,
+                )
+        except ledger.InsufficientFunds as exc:
+            raise errors.Conflict(
+                "The balance this top-up funded no longer holds the amount to refund.",
+                code="balance_insufficient",
+            ) from exc
+        if not direct:
             await store.insert_attempt(
                 conn,
-                attempt_id=attempt_id,
-                payment_id=params.payment,
+                attempt_id=new_id("att"),
+                payment_id=payment_id,
                 tenant=tenant,
                 operation="refund",
                 connector=payment["connector"],
                 amount=amount,
                 refund_id=refund_id,
             )
-            await idempotency.set_recovery_point(
-                conn, tenant=tenant, key=keyed.key, point="attempt_created", object_id=refund_id
+        return refund_id
+
+    async def run(self, tenant: str, refund_id: str, caller: Caller = HUB) -> Response:
+        """Phases 2 and 3 of a recorded refund: ask the connector (same attempt id), settle.
+
+        Safe to repeat (a retry, the resolver): the connector de-duplicates on the attempt id and
+        a refund that is no longer pending is answered as it stands.
+        """
+        async with self._pool.acquire() as conn:
+            refund = await store.get_refund(conn, tenant=tenant, refund_id=refund_id)
+            attempt = await store.refund_attempt(conn, refund_id=refund_id)
+            payment = (
+                await store.get_payment(conn, tenant=tenant, payment_id=refund["payment_id"])
+                if refund
+                else None
             )
-        connector_name = payment["connector"]
-        reference: str | None
-        failure: str | None
+        if refund is None or payment is None:
+            raise errors.NotFound(f"No such refund: '{refund_id}'.", param="id")
+        if refund["status"] != "pending" or attempt is None:
+            return await self._answer(tenant, refund_id, caller)
         try:
-            result = await self._connectors[connector_name].refund(
-                attempt_id=attempt_id,
+            result = await self._connectors[attempt["connector"]].refund(
+                attempt_id=attempt["id"],
                 reference=payment["connector_reference"],
-                amount=amount,
-                currency=currency,
+                amount=refund["amount"],
+                currency=refund["currency"],
             )
         except ConnectorError as exc:
-            # Unknown outcome: stays pending (the reserved amount stays reserved) until resolved.
+            # Unknown outcome: stays pending (the amount stays held) until the resolver knows.
             status = "failed" if exc.outcome_known else "pending"
             reference, failure = None, exc.code if exc.outcome_known else None
         else:
-            succeeded = result.outcome is Outcome.SUCCEEDED
-            failed = result.outcome is Outcome.FAILED
-            status = "succeeded" if succeeded else "failed" if failed else "pending"
-            reference, failure = result.reference, result.decline_code if failed else None
+            status, reference, failure = _refund_status(result.outcome, result.reference, result.decline_code)
+        return await self.settle(
+            tenant, refund_id, status=status, reference=reference, failure=failure, caller=caller
+        )
+
+    async def settle(
+        self,
+        tenant: str,
+        refund_id: str,
+        *,
+        status: str,
+        reference: str | None,
+        failure: str | None,
+        caller: Caller = HUB,
+    ) -> Response:
         async with self._pool.acquire() as conn, conn.transaction():
-            return await self._apply(
+            if status == "pending":
+                await store.settle_refund_attempt(
+                    conn, refund_id=refund_id, status="pending", reference=reference
+                )
+                return await self._answer_in(conn, tenant, refund_id, caller)
+            outcome = await self._settler.refund(
                 conn,
-                Settlement(tenant, params.payment, refund_id, attempt_id, connector_name, amount, currency),
+                refund_id,
+                tenant=tenant,
                 status=status,
                 reference=reference,
                 failure=failure,
-                keyed=keyed,
-                identity=identity,
-                source=source,
+                caller=caller,
             )
+            return outcome or await self._answer_in(conn, tenant, refund_id, caller)
 
     async def resolve(self, attempt: Any) -> bool:
         """Status inquiry for a refund whose outcome was unknown; True when it became definite."""
@@ -189,116 +261,37 @@ class RefundService:
             result = await connector.sync(attempt_id=attempt["id"], operation="refund")
         except ConnectorError:
             return False
-        if result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
+        status, reference, failure = _refund_status(result.outcome, result.reference, result.decline_code)
+        if status == "pending":
             return False
-        async with self._pool.acquire() as conn, conn.transaction():
-            refund = await conn.fetchrow(
-                "SELECT currency, status FROM refunds WHERE id = $1 FOR UPDATE", attempt["refund_id"]
-            )
-            if refund is None or refund["status"] != "pending":
-                return False  # settled meanwhile
-            succeeded = result.outcome is Outcome.SUCCEEDED
-            await self._apply(
-                conn,
-                Settlement(
-                    attempt["tenant"],
-                    attempt["payment_id"],
-                    attempt["refund_id"],
-                    attempt["id"],
-                    attempt["connector"],
-                    attempt["amount"],
-                    refund["currency"],
-                ),
-                status="succeeded" if succeeded else "failed",
-                reference=result.reference,
-                failure=None if succeeded else result.decline_code or "refund_failed",
-                keyed=None,
-                identity=None,
-                source=None,
-            )
-        return True
-
-    async def _apply(
-        self,
-        conn: Connection,
-        refund: Settlement,
-        *,
-        status: str,
-        reference: str | None,
-        failure: str | None,
-        keyed: KeyedRequest | None,
-        identity: Identity | None,
-        source: str | None,
-    ) -> Response:
-        """Ledger for a refund that happened, the reserved amount back for one that did not."""
-        if status == "succeeded":
-            await ledger.post(
-                conn,
-                tenant=refund.tenant,
-                kind="refund",
-                moves=[
-                    ledger.Move(
-                        ledger.SystemAccount(refund.tenant, "tenant_clearing", "default", refund.currency),
-                        ledger.SystemAccount(
-                            refund.tenant, "connector_receivable", refund.connector, refund.currency
-                        ),
-                        refund.amount,
-                        refund.currency,
-                    )
-                ],
-                payment_id=refund.payment_id,
-                refund_id=refund.refund_id,
-            )
-        elif status == "failed":
-            await store.release_refund(
-                conn, tenant=refund.tenant, payment_id=refund.payment_id, amount=refund.amount
-            )
-        else:  # unknown: keep the amount reserved; the resolver asks the connector
-            await store.mark_unknown(conn, attempt_id=refund.attempt_id)
-        return await self._settle(
-            conn,
-            refund.refund_id,
+        await self.settle(
+            attempt["tenant"],
+            attempt["refund_id"],
             status=status,
             reference=reference,
-            failure=failure,
-            keyed=keyed,
-            identity=identity,
-            source=source,
-            tenant=refund.tenant,
+            failure=failure or None,
         )
+        return True
 
-    async def _settle(
-        self,
-        conn: Connection,
-        refund_id: str,
-        *,
-        status: str,
-        reference: str | None,
-        failure: str | None,
-        keyed: KeyedRequest | None,
-        identity: Identity | None,
-        source: str | None,
-        tenant: str | None = None,
-    ) -> Response:
-        tenant = tenant or (identity.tenant if identity else "")
-        row = await store.finish_refund(
-            conn, tenant=tenant, refund_id=refund_id, status=status, reference=reference, failure_code=failure
-        )
+    async def _answer(self, tenant: str, refund_id: str, caller: Caller) -> Response:
+        async with self._pool.acquire() as conn:
+            return await self._answer_in(conn, tenant, refund_id, caller)
+
+    async def _answer_in(self, conn: Connection, tenant: str, refund_id: str, caller: Caller) -> Response:
+        """The refund as it stands, stored as the caller's response."""
+        row = await store.get_refund(conn, tenant=tenant, refund_id=refund_id)
+        assert row is not None
         body = render.encode(render.refund(row))
-        await record_and_log(
-            conn,
-            OutcomeRecord(
-                tenant=tenant,
-                object_id=refund_id,
-                event_id=new_id("evt"),
-                event_type=f"refund.{status}",
-                body=body,
-                actor=identity.spiffe_id if identity else "payhub",
-                action="refund.create" if keyed else "refund.resolve",
-                outcome=status,
-                source=source,
-                details={"payment": row["payment_id"], "amount": row["amount"], "currency": row["currency"]},
-                idempotency_key=keyed.key if keyed else None,
-            ),
-        )
+        if caller.keyed is not None:
+            await idempotency.finish(conn, tenant=tenant, key=caller.keyed.key, status=200, body=body)
         return Response(200, body)
+
+
+def _refund_status(
+    outcome: Outcome, reference: str | None, decline: str | None
+) -> tuple[str, str | None, str | None]:
+    if outcome is Outcome.SUCCEEDED:
+        return "succeeded", reference, None
+    if outcome is Outcome.FAILED:
+        return "failed", reference, decline or "refund_failed"
+    return "pending", reference, None

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 from gateway.store.types import Connection
 
-LOCK_SECONDS = 60.0
+# How long a request owns its key. A crashed request's retry waits at most this long; a live request
+# that overruns it is safe too: the retry resumes the same attempt id, the processor de-duplicates on
+# it and phase 3 applies an attempt once (guarded UPDATE).
+LOCK_SECONDS = 20.0
 
 
 @dataclass(frozen=True, slots=True)

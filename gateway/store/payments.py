@@ -163,7 +163,7 @@ async def insert_attempt(
 
 @dataclass(frozen=True, slots=True)
 class PaymentUpdate:
-    status: str
+    status: str | None  # None: the status stays (e.g. a bill payment's posting moves on)
     amount_authorized: int | None = None
     amount_captured: int | None = None
     connector_reference: str | None = None
@@ -189,7 +189,7 @@ WITH attempt AS (
     RETURNING id
 )
 UPDATE payments
-SET status = $3,
+SET status = coalesce($3, status),
     amount_authorized = coalesce($4, amount_authorized),
     amount_captured = coalesce($14, amount_captured),
     connector_reference = coalesce($5, connector_reference),
@@ -199,7 +199,8 @@ SET status = $3,
     bill_posting = coalesce($16::jsonb, bill_posting),
     amount_refunded = coalesce($17, amount_refunded)
 WHERE id = $1 AND tenant = $2 AND ($13 = '' OR EXISTS (SELECT 1 FROM attempt))
-  AND status = ANY($15::text[])
+  AND ($3::text IS NULL OR status = ANY($15::text[]))
+  AND ($18::text[] IS NULL OR coalesce(bill_posting->>'status', 'none') = ANY($18::text[]))
 RETURNING {PAYMENT_COLUMNS}
 """  # noqa: S608 - fixed column list
 
@@ -215,7 +216,12 @@ async def apply_result(
     decline_code: str | None = None,
     raw_code: str | None = None,
     recheck_in: float = 1.0,
+    bill_posting_from: Sequence[str] | None = None,
 ) -> asyncpg.Record | None:
+    """Apply ``update`` if the attempt is still in flight and the move is legal; None if not.
+
+    ``bill_posting_from`` guards a bill payment's posting state (``none`` = not collected yet).
+    """
     row: asyncpg.Record | None = await conn.fetchrow(
         _APPLY,
         payment_id,
@@ -232,9 +238,10 @@ async def apply_result(
         recheck_in,
         attempt_id,
         update.amount_captured,
-        sorted(sources(Status(update.status))),
+        sorted(sources(Status(update.status))) if update.status is not None else [],
         update.bill_posting,
         update.amount_refunded,
+        list(bill_posting_from) if bill_posting_from is not None else None,
     )
     return row
 
@@ -380,7 +387,7 @@ async def claim_status(
 
 
 async def reserve_refund(
-    conn: Connection, *, tenant: str, payment_id: str, amount: int
+    conn: Connection, *, tenant: str, payment_id: str, amount: int, statuses: Sequence[str] = ("succeeded",)
 ) -> asyncpg.Record | None:
     """Add ``amount`` to amount_refunded if the payment succeeded and it stays ≤ amount_captured.
 
@@ -390,14 +397,47 @@ async def reserve_refund(
     row: asyncpg.Record | None = await conn.fetchrow(
         f"""
         UPDATE payments SET amount_refunded = amount_refunded + $3
-        WHERE id = $1 AND tenant = $2 AND status = 'succeeded' AND amount_refunded + $3 <= amount_captured
+        WHERE id = $1 AND tenant = $2 AND status = ANY($4::text[]) AND amount_refunded + $3 <= amount_captured
         RETURNING {PAYMENT_COLUMNS}
         """,  # noqa: S608 - fixed column list
         payment_id,
         tenant,
         amount,
+        list(statuses),
     )
     return row
+
+
+async def lock_refund(conn: Connection, *, tenant: str, refund_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {REFUND_COLUMNS} FROM refunds WHERE id = $1 AND tenant = $2 FOR UPDATE",  # noqa: S608
+        refund_id,
+        tenant,
+    )
+
+
+async def refund_attempt(conn: Connection, *, refund_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, connector, amount, status FROM payment_attempts WHERE refund_id = $1", refund_id
+    )
+
+
+async def settle_refund_attempt(
+    conn: Connection, *, refund_id: str, status: str, reference: str | None
+) -> None:
+    """A refund's attempt ends with its refund (pending: the resolver asks again at its back-off)."""
+    await conn.execute(
+        """
+        UPDATE payment_attempts
+        SET status = CASE WHEN $2 = 'pending' THEN 'unknown' ELSE $2 END,
+            connector_reference = coalesce($3, connector_reference),
+            next_check = CASE WHEN $2 = 'pending' THEN now() + interval '1 second' END
+        WHERE refund_id = $1 AND status IN ('started', 'pending', 'unknown')
+        """,
+        refund_id,
+        status,
+        reference,
+    )
 
 
 async def release_refund(conn: Connection, *, tenant: str, payment_id: str, amount: int) -> None:

@@ -183,7 +183,7 @@ async def test_bank_transfer_settles_by_signed_callback(stack: Stack) -> None:
         (200, {"received": True, "applied": True})
     ]
     assert await settled_by(stack.gw, payment["id"]) == ["payment.callback"]
-    assert await ledger_kinds(stack.gw, payment["id"]) == ["payment_capture"]
+    assert await ledger_kinds(stack.gw, payment["id"]) == ["payment.collect"]
     assert len(await events(stack.acme, payment["id"], "payment.succeeded")) == 1
 
 
@@ -194,7 +194,7 @@ async def test_account_without_callback_settles_by_status_poll(stack: Stack) -> 
     await wait_for_status(stack.acme, payment["id"], "succeeded")
     assert receipts(stack.bank, payment["connector_reference"]) == []
     assert await settled_by(stack.gw, payment["id"]) == ["payment.resolve"]
-    assert await ledger_kinds(stack.gw, payment["id"]) == ["payment_capture"]
+    assert await ledger_kinds(stack.gw, payment["id"]) == ["payment.collect"]
 
 
 async def test_rejected_account_fails_at_once(stack: Stack) -> None:
@@ -214,7 +214,7 @@ async def test_duplicate_callback_changes_nothing_the_second_time(stack: Stack) 
         (200, {"received": True, "applied": False}),
     ]
     assert len(await events(stack.acme, payment["id"], "payment.succeeded")) == 1
-    assert await ledger_kinds(stack.gw, payment["id"]) == ["payment_capture"]
+    assert await ledger_kinds(stack.gw, payment["id"]) == ["payment.collect"]
     assert (await stack.acme.get(f"/v1/payments/{payment['id']}")).body["amount_captured"] == 4200
 
 
@@ -234,7 +234,7 @@ async def test_wallet_qr_payment_settles_by_notify(stack: Stack) -> None:
     settled = await wait_for_status(stack.acme, payment["id"], "succeeded")
     assert (settled["amount_captured"], settled["next_action"]) == (990, None)
     assert [status for status, _ in receipts(stack.wallet, order)] == [200]
-    assert await ledger_kinds(stack.gw, payment["id"]) == ["payment_capture"]
+    assert await ledger_kinds(stack.gw, payment["id"]) == ["payment.collect"]
 
 
 async def test_paypal_answers_a_redirect(stack: Stack) -> None:

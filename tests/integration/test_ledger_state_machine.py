@@ -21,9 +21,11 @@ from connectors.inprocess import InProcessConnector
 from crypto.keyring import LocalKek
 from gateway import errors
 from gateway.identity import Identity
+from gateway.metrics import Metrics
 from gateway.services.idempotent import KeyedRequest
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
+from gateway.services.settle import Settler
 from gateway.store import ledger
 from gateway.store.keyring import KeyringCache
 from gateway.views import schemas
@@ -161,11 +163,12 @@ def test_ledger_state_machine(db_url: str) -> None:
     try:
         keyring = KeyringCache(LocalKek(os.urandom(32)))
         connectors = {"inprocess": InProcessConnector()}
+        settler = Settler(Metrics())
         harness = Harness(
             loop,
             pool,
-            PaymentService(pool, keyring, connectors, {"card": ["inprocess"]}),
-            RefundService(pool, connectors),
+            PaymentService(pool, keyring, connectors, {"card": ["inprocess"]}, settler),
+            RefundService(pool, connectors, settler),
         )
         machine = type("BoundLedgerMachine", (LedgerMachine,), {"harness": harness})
         run = settings(

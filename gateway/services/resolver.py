@@ -1,0 +1,150 @@
+"""The resolver: settles every attempt left unfinished, whatever its operation (DESIGN §7).
+
+An attempt is due when its ``next_check`` passes: a ``pending``/``unknown`` one at its back-off, a
+``started`` one once the request that wrote it has had time to finish (a crash, a time-out or a
+cancelled request leaves it there). Per operation:
+
+    authorize            status inquiry (sync); a processor that never received it answers "failed"
+    capture, void        pending/unknown: status inquiry; started: sent again, same attempt id
+    refund               pending/unknown: status inquiry; started: sent again, same attempt id
+    post_bill            unknown: the biller's status inquiry, then its terminal policy; started: sent again
+    reverse_bill         sent again until the biller answers
+
+Every item is isolated: whatever one raises is logged, counted and retried later with back-off;
+the pass goes on. Attempts are claimed with FOR UPDATE SKIP LOCKED and pushed forward, so any
+number of gateway processes can run it without asking twice about the same attempt.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from connectors.base import ConnectorError
+from connectors.base import Outcome as ConnectorOutcome
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.services.bills import BillPoster
+from gateway.services.payments import PaymentService
+from gateway.services.refunds import RefundService
+from gateway.store import payments as store
+
+log = get_logger("gateway.resolver")
+
+# Seconds before the next look at an attempt, by how many looks it had (then every 3 minutes).
+BACKOFF = (1.0, 5.0, 15.0, 30.0, 60.0, 180.0)
+
+_DUE = """
+WITH due AS (
+    SELECT a.id FROM payment_attempts a
+    WHERE a.status IN ('started', 'pending', 'unknown') AND a.next_check <= now()
+    ORDER BY a.next_check LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+UPDATE payment_attempts a SET next_check = now() + interval '30 seconds', tries = a.tries + 1
+FROM due
+WHERE a.id = due.id
+RETURNING a.id, a.payment_id, a.tenant, a.operation, a.connector, a.amount, a.tries, a.status, a.refund_id
+"""
+
+
+@dataclass
+class ResolverHealth:
+    """What /readyz and the metrics say about the resolver."""
+
+    last_pass: float = field(default_factory=time.monotonic)  # monotonic time of the last completed pass
+    failures: int = 0  # items that raised, since start
+
+    def passed(self) -> None:
+        self.last_pass = time.monotonic()
+
+    def age(self) -> float:
+        return time.monotonic() - self.last_pass
+
+
+class Resolver:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        payments: PaymentService,
+        refunds: RefundService,
+        bills: BillPoster | None,
+        metrics: Metrics,
+    ) -> None:
+        self._pool = pool
+        self._payments = payments
+        self._refunds = refunds
+        self._bills = bills
+        self._metrics = metrics
+        self.health = ResolverHealth()
+
+    async def resolve_due(self, *, limit: int = 50) -> int:
+        """One pass over the attempts due now; returns how many were looked at."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            due = await conn.fetch(_DUE, limit)
+        for attempt in due:
+            try:
+                settled = await self._resolve(attempt)
+            except Exception as exc:
+                self.health.failures += 1
+                self._metrics.resolver_items.labels(attempt["operation"], "error").inc()
+                log.warning(
+                    "resolver.item_failed",
+                    attempt=attempt["id"],
+                    operation=attempt["operation"],
+                    error=type(exc).__name__,
+                )
+                settled = False
+            else:
+                self._metrics.resolver_items.labels(
+                    attempt["operation"], "settled" if settled else "later"
+                ).inc()
+            if not settled:
+                await self._later(attempt)
+        self.health.passed()
+        return len(due)
+
+    async def _resolve(self, attempt: Any) -> bool:
+        operation, started = attempt["operation"], attempt["status"] == "started"
+        if operation in ("post_bill", "reverse_bill"):
+            return self._bills is not None and await self._bills.resolve(attempt)
+        if operation == "refund":
+            if attempt["refund_id"] is None:
+                return False
+            if started:
+                await self._refunds.run(attempt["tenant"], attempt["refund_id"])
+                return True
+            return await self._refunds.resolve(attempt)
+        if started and operation in ("capture", "void"):
+            async with self._pool.acquire() as conn:
+                row = await store.get_payment(
+                    conn, tenant=attempt["tenant"], payment_id=attempt["payment_id"]
+                )
+            assert row is not None
+            await self._payments.send_again(row, attempt)
+            return True
+        connector = self._payments.connector(attempt["connector"])
+        if connector is None:
+            return False
+        try:
+            result = await connector.sync(attempt_id=attempt["id"], operation=operation)
+        except ConnectorError:
+            return False  # unreachable right now: ask again later
+        if result.outcome in (ConnectorOutcome.PENDING, ConnectorOutcome.REQUIRES_ACTION):
+            return False
+        await self._payments.settle_attempt(
+            attempt["connector"], attempt["id"], result, action="payment.resolve"
+        )
+        return True
+
+    async def _later(self, attempt: Any) -> None:
+        delay = BACKOFF[min(attempt["tries"], len(BACKOFF) - 1)]
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE payment_attempts SET next_check = now() + make_interval(secs => $2) "
+                "WHERE id = $1 AND status IN ('started', 'pending', 'unknown')",
+                attempt["id"],
+                delay,
+            )

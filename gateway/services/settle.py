@@ -1,0 +1,312 @@
+"""Phase 3 of every money movement, in one place: apply an outcome inside the caller's transaction.
+
+Payments, refunds and bills all end here (Brandur Leach's atomic phases: record the attempt, call
+outside any transaction, apply). Applying is: the guarded UPDATE of the object and its attempt
+(an attempt is applied once: a duplicate callback or a racing resolver finds it settled and
+changes nothing), the ledger moves from :mod:`gateway.domain.ledger_rules`, the event (outbox),
+the audit row and the stored idempotent response — all in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.domain.ledger_rules import Funding, Movement, Purpose, Result, Role, collect_result, kind, legs
+from gateway.domain.payment_state import Status
+from gateway.identity import Identity
+from gateway.ids import new_id
+from gateway.logs import audit as log_audit
+from gateway.metrics import Metrics
+from gateway.services.idempotent import KeyedRequest, Outcome
+from gateway.services.outcomes import Decision
+from gateway.store import idempotency, ledger
+from gateway.store import payments as store
+from gateway.store.outcomes import OutcomeRecord, record_outcome
+from gateway.store.types import Connection
+from gateway.views import render
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asked (None: the hub itself — a callback, the resolver) and what the response is stored under."""
+
+    actor: Identity | None = None
+    source: str | None = None
+    keyed: KeyedRequest | None = None
+
+    @property
+    def spiffe_id(self) -> str:
+        return self.actor.spiffe_id if self.actor else "payhub"
+
+    @property
+    def key(self) -> str | None:
+        return self.keyed.key if self.keyed else None
+
+
+HUB = Caller()
+
+
+async def record_and_log(conn: Connection, record: OutcomeRecord) -> None:
+    """Event + audit row + stored response in one round trip, then the audit line on stdout."""
+    seq = await record_outcome(conn, record)
+    log_audit(
+        record.action,
+        actor=record.actor,
+        outcome=record.outcome,
+        source=record.source,
+        object_id=record.object_id,
+        tenant=record.tenant,
+        audit_seq=seq,
+        **record.details,
+    )
+
+
+# ---- the ledger side ---------------------------------------------------------------------------
+
+
+def purpose_of(payment: Any) -> Purpose:
+    if payment["destination_account"] is not None:
+        return Purpose.TOPUP
+    return Purpose.BILL if payment["biller"] is not None else Purpose.PAYMENT
+
+
+def funding_of(payment: Any) -> Funding:
+    return Funding.BALANCE if payment["method"] == "balance" else Funding.CONNECTOR
+
+
+def payer_account(payment: Any) -> str:
+    account: str = orjson.loads(payment["payment_method"])["balance"]["account"]
+    return account
+
+
+def accounts(payment: Any) -> dict[Role, ledger.AccountRef]:
+    """The payment's two roles in the ledger rules, as accounts."""
+    tenant, currency = payment["tenant"], payment["currency"]
+    source: ledger.AccountRef = (
+        payer_account(payment)
+        if funding_of(payment) is Funding.BALANCE
+        else ledger.SystemAccount(tenant, "connector_receivable", payment["connector"], currency)
+    )
+    purpose = purpose_of(payment)
+    target: ledger.AccountRef
+    if purpose is Purpose.TOPUP:
+        target = payment["destination_account"]
+    elif purpose is Purpose.BILL:
+        target = ledger.SystemAccount(tenant, "biller_payable", payment["biller"], currency)
+    else:
+        target = ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
+    return {Role.FROM: source, Role.TO: target}
+
+
+async def book(
+    conn: Connection,
+    payment: Any,
+    movement: Movement,
+    result: Result,
+    amount: int,
+    *,
+    refund_id: str | None = None,
+) -> None:
+    """Post the rule's moves for this payment (InsufficientFunds if a balance would go negative)."""
+    roles = accounts(payment)
+    currency = payment["currency"]
+    moves = [
+        ledger.Move(
+            roles[leg.source],
+            roles[leg.destination],
+            amount,
+            currency,
+            leg.source_bucket,
+            leg.destination_bucket,
+        )
+        for leg in legs(movement, result)
+    ]
+    await ledger.post(
+        conn,
+        tenant=payment["tenant"],
+        kind=kind(movement, result, purpose_of(payment)),
+        moves=moves,
+        payment_id=payment["id"],
+        refund_id=refund_id,
+    )
+
+
+async def _book_collection(conn: Connection, payment: Any, decision: Decision) -> None:
+    purpose = purpose_of(payment)
+    pending_booked = purpose is Purpose.TOPUP and bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM ledger_transactions WHERE payment_id = $1 AND kind = $2)",
+            payment["id"],
+            kind(Movement.COLLECT, Result.PENDING, purpose),
+        )
+    )
+    result = collect_result(
+        purpose,
+        captured=decision.captured > 0,
+        pending=payment["status"] == Status.PROCESSING,
+        failed=payment["status"] == Status.FAILED,
+        pending_booked=pending_booked,
+    )
+    if result is None:
+        return
+    amount = decision.captured if result is Result.SUCCEEDED else payment["amount"]
+    await book(conn, payment, Movement.COLLECT, result, amount)
+
+
+# ---- applying outcomes -------------------------------------------------------------------------
+
+
+class Settler:
+    """Applies outcomes; one instance per app (it counts payments in the metrics)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def payment(
+        self,
+        conn: Connection,
+        tenant: str,
+        payment_id: str,
+        attempt_id: str | None,
+        decision: Decision,
+        *,
+        caller: Caller,
+        action: str,
+        extra_events: tuple[str, ...] = (),
+    ) -> Outcome:
+        """Payment + attempt (guarded), ledger, event, audit, response; inside the caller's transaction.
+
+        When the attempt was settled by someone else first (a callback, the resolver, a retry),
+        nothing is applied twice: the answer is the payment as it stands, stored as the response.
+        """
+        row = await store.apply_result(
+            conn,
+            tenant=tenant,
+            payment_id=payment_id,
+            update=decision.update,
+            attempt_id=attempt_id or "",
+            attempt_status=decision.attempt_status,
+            decline_code=decision.update.failure_code,
+            bill_posting_from=decision.bill_posting_from,
+        )
+        if row is None:
+            return await self.current(conn, tenant, payment_id, caller)
+        if row["method"] != "balance":
+            await _book_collection(conn, row, decision)
+        if decision.post_bill:
+            # Recorded with the collection, so the posting exists before the biller is called and
+            # the resolver finds it even if this process dies right after the commit.
+            await store.insert_attempt(
+                conn,
+                attempt_id=new_id("att"),
+                payment_id=payment_id,
+                tenant=tenant,
+                operation="post_bill",
+                connector=row["biller"],
+                amount=row["amount_captured"],
+            )
+        self._metrics.payments.labels(row["method"], row["status"], row["connector"] or "ledger").inc()
+        body = render.encode(render.payment(row))
+        for event in extra_events:
+            await store.insert_event(
+                conn,
+                event_id=new_id("evt"),
+                tenant=tenant,
+                type_=event,
+                object_id=payment_id,
+                data=body.decode(),
+            )
+        await record_and_log(
+            conn,
+            OutcomeRecord(
+                tenant=tenant,
+                object_id=payment_id,
+                event_id=new_id("evt"),
+                event_type=decision.event,
+                body=body,
+                actor=caller.spiffe_id,
+                action=action,
+                outcome=row["status"],
+                source=caller.source,
+                details={"amount": row["amount"], "currency": row["currency"], "method": row["method"]},
+                idempotency_key=caller.key,
+            ),
+        )
+        return Outcome(200, body)
+
+    async def current(self, conn: Connection, tenant: str, payment_id: str, caller: Caller) -> Outcome:
+        """The payment as it stands, stored as the caller's response (nothing else changes)."""
+        current = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
+        assert current is not None
+        body = render.encode(render.payment(current))
+        if caller.keyed is not None:
+            await idempotency.finish(conn, tenant=tenant, key=caller.keyed.key, status=200, body=body)
+        return Outcome(200, body)
+
+    async def refund(
+        self,
+        conn: Connection,
+        refund_id: str,
+        *,
+        tenant: str,
+        status: str,
+        reference: str | None,
+        failure: str | None,
+        caller: Caller,
+    ) -> Outcome | None:
+        """Settle a pending refund: ledger, payment's refunded amount, event, audit, response.
+
+        None when the refund is no longer pending (settled by someone else first).
+        """
+        refund = await store.lock_refund(conn, tenant=tenant, refund_id=refund_id)
+        if refund is None or refund["status"] != "pending":
+            return None
+        payment = await store.get_payment(conn, tenant=tenant, payment_id=refund["payment_id"])
+        assert payment is not None
+        if status == "succeeded":
+            await book(
+                conn, payment, Movement.REFUND, Result.SUCCEEDED, refund["amount"], refund_id=refund_id
+            )
+        elif status == "failed":
+            await book(conn, payment, Movement.REFUND, Result.FAILED, refund["amount"], refund_id=refund_id)
+            await store.release_refund(conn, tenant=tenant, payment_id=payment["id"], amount=refund["amount"])
+        await store.settle_refund_attempt(conn, refund_id=refund_id, status=status, reference=reference)
+        return await self.refund_outcome(
+            conn, refund_id, tenant=tenant, status=status, reference=reference, failure=failure, caller=caller
+        )
+
+    async def refund_outcome(
+        self,
+        conn: Connection,
+        refund_id: str,
+        *,
+        tenant: str,
+        status: str,
+        reference: str | None,
+        failure: str | None,
+        caller: Caller,
+    ) -> Outcome:
+        row = await store.finish_refund(
+            conn, tenant=tenant, refund_id=refund_id, status=status, reference=reference, failure_code=failure
+        )
+        body = render.encode(render.refund(row))
+        await record_and_log(
+            conn,
+            OutcomeRecord(
+                tenant=tenant,
+                object_id=refund_id,
+                event_id=new_id("evt"),
+                event_type=f"refund.{status}",
+                body=body,
+                actor=caller.spiffe_id,
+                action="refund.create" if caller.keyed else "refund.resolve",
+                outcome=status,
+                source=caller.source,
+                details={"payment": row["payment_id"], "amount": row["amount"], "currency": row["currency"]},
+                idempotency_key=caller.key,
+            ),
+        )
+        return Outcome(200, body)
