@@ -36,6 +36,7 @@ from connectors.base import (
 from gateway.domain.bill_posting import Posting, sources
 from gateway.domain.payment_state import Status
 from gateway.ids import new_id
+from gateway.logs import get_logger
 from gateway.services.idempotent import Outcome as Response
 from gateway.services.outcomes import Decision
 from gateway.services.settle import HUB, Caller, Settler
@@ -62,6 +63,8 @@ class BillerDirectory(Protocol):
         tenant: str,
     ) -> ValidatedBill: ...
 
+
+log = get_logger("gateway.bills")
 
 # Status inquiries before the terminal policy: with the resolver's back-off that is about an hour.
 GIVE_UP_AFTER_TRIES = 25
@@ -330,7 +333,12 @@ class BillPoster:
                 )
                 refund_id = None
         if refund_id is not None:
-            await self._refunds.run(tenant, refund_id)
+            try:
+                await self._refunds.run(tenant, refund_id)
+            except Exception as exc:  # the refund is recorded: the resolver finishes it
+                log.warning(
+                    "bill.refund_deferred", payment=payment_id, refund=refund_id, error=type(exc).__name__
+                )
         return outcome
 
 
