@@ -1,1 +1,3 @@
 """payhub package."""
+
+VERSION = "0.1.0"

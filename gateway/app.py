@@ -14,7 +14,7 @@ from connectors.registry import ConnectorDeps, build_connectors
 from crypto.audit_chain import load_seal_key
 from crypto.keyring import load_kek
 from crypto.pki import PkiPaths
-from gateway import ops
+from gateway import VERSION, ops
 from gateway.api import accounts, billers, callbacks, events, openapi, payments, ping, refunds, tokens
 from gateway.keys import (
     BILLERS,
@@ -46,7 +46,6 @@ from gateway.workers.pruner import run_pruner
 from gateway.workers.resolver import run_resolver
 from gateway.workers.tasks import background
 
-VERSION = "0.1.0"
 # New encryption picks up a key rotated by another process within this many seconds.
 KEYRING_MAX_AGE = 60.0
 RESOLVER_INTERVAL = 0.5

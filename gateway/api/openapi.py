@@ -16,6 +16,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
+from gateway import VERSION
 from gateway.api.callbacks import CallbackReceipt
 from gateway.api.events import MAX_OBJECT_ID_LENGTH, MAX_TYPE_LENGTH
 from gateway.api.lists import DEFAULT_LIMIT, MAX_LIMIT
@@ -427,8 +428,6 @@ def build_document(version: str, operations: tuple[Operation, ...] = OPERATIONS)
 
 
 def setup(app: web.Application) -> None:
-    from gateway.app import VERSION  # the app module is loaded by now: it is the caller
-
     body = orjson.dumps(build_document(VERSION))  # once, at start-up; every request gets these bytes
 
     async def get_openapi(request: web.Request) -> web.Response:
