@@ -18,6 +18,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
+import orjson
+
 
 class Posting(StrEnum):
     NONE = "none"
@@ -45,3 +47,10 @@ IN_FLIGHT: Final = frozenset({Posting.POSTING, Posting.PENDING})
 def sources(target: Posting) -> tuple[str, ...]:
     """Every posting state that may move to ``target`` (the guard of the store's UPDATE)."""
     return tuple(sorted(state.value for state, targets in TRANSITIONS.items() if target in targets))
+
+
+def state_of(bill_posting: str | None) -> Posting:
+    """The posting state in a payment's ``bill_posting`` JSON (``none`` when not collected yet)."""
+    if bill_posting is None:
+        return Posting.NONE
+    return Posting(orjson.loads(bill_posting)["status"])

@@ -33,7 +33,7 @@ from connectors.base import (
     ConnectorError,
     Outcome,
 )
-from gateway.domain.bill_posting import Posting, sources
+from gateway.domain.bill_posting import Posting, sources, state_of
 from gateway.domain.payment_state import Status
 from gateway.ids import new_id
 from gateway.logs import get_logger
@@ -68,6 +68,8 @@ log = get_logger("gateway.bills")
 
 # Status inquiries before the terminal policy: with the resolver's back-off that is about an hour.
 GIVE_UP_AFTER_TRIES = 25
+PENDING_RECHECK = 5.0  # seconds before the first status inquiry of a posting without an answer
+MANUAL_RECHECK = 86400.0  # a posting in the manual queue is looked at again once a day
 
 
 def connector_supports_reversal(billers: list[BillerInfo], biller: str) -> bool:
@@ -117,24 +119,26 @@ class BillPoster:
             row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
             assert row is not None
             attempt = await store.latest_attempt(conn, payment_id=payment_id, operation="post_bill")
-            if attempt is None or attempt["status"] not in ("started", "pending", "unknown"):
+            if attempt is None or attempt.status not in ("started", "pending", "unknown"):
                 return await self._settler.current(conn, tenant, payment_id, caller)
             else:
-                attempt_id = attempt["id"]
-        if _posting_state(row) not in (Posting.POSTING, Posting.PENDING):
+                attempt_id = attempt.id
+        if state_of(row.bill_posting) not in (Posting.POSTING, Posting.PENDING):
             async with self._pool.acquire() as conn:
                 return await self._settler.current(conn, tenant, payment_id, caller)
-        bill = orjson.loads(row["bill"])
-        _, connector = self._directory.connector(row["biller"])
+        assert row.bill is not None
+        assert row.biller is not None
+        bill = orjson.loads(row.bill)
+        _, connector = self._directory.connector(row.biller)
         try:
             result = await connector.pay(
                 BillPayment(
                     attempt_id=attempt_id,
                     payment_id=payment_id,
-                    biller=row["biller"],
+                    biller=row.biller,
                     customer_params=bill["customer_params"],
-                    amount=row["amount_captured"],
-                    currency=row["currency"],
+                    amount=row.amount_captured,
+                    currency=row.currency,
                     bill_ref=bill.get("bill_ref"),
                 )
             )
@@ -157,26 +161,26 @@ class BillPoster:
         where the biller supports it — reversed → the money goes back; reversal refused → the
         posting stood — otherwise the posting goes to the operators' manual queue.
         """
-        tenant, payment_id, biller = attempt["tenant"], attempt["payment_id"], attempt["connector"]
-        if attempt["operation"] == "reverse_bill":
-            return await self._reverse(tenant, payment_id, attempt["id"], biller)
-        if attempt["status"] == "started":
+        tenant, payment_id, biller = attempt.tenant, attempt.payment_id, attempt.connector
+        if attempt.operation == "reverse_bill":
+            return await self._reverse(tenant, payment_id, attempt.id, biller)
+        if attempt.status == "started":
             await self.post(tenant, payment_id)
             return True
         _, connector = self._directory.connector(biller)
         try:
-            result = await connector.status(attempt_id=attempt["id"], biller=biller)
+            result = await connector.status(attempt_id=attempt.id, biller=biller)
         except ConnectorError:
             return False
         if result.outcome is Outcome.PENDING:
-            if attempt["tries"] < GIVE_UP_AFTER_TRIES:
+            if attempt.tries < GIVE_UP_AFTER_TRIES:
                 return False
             try:
                 reversible = connector_supports_reversal(await connector.describe(), biller)
             except ConnectorError:
                 return False
             if not reversible:
-                await self._manual_review(tenant, payment_id, attempt["id"])
+                await self._manual_review(tenant, payment_id, attempt.id)
                 return True
             reversal_id = new_id("att")
             async with self._pool.acquire() as conn:
@@ -187,10 +191,10 @@ class BillPoster:
                     tenant=tenant,
                     operation="reverse_bill",
                     connector=biller,
-                    amount=attempt["amount"],
+                    amount=attempt.amount,
                 )
             return await self._reverse(tenant, payment_id, reversal_id, biller)
-        await self.finish(tenant, payment_id, attempt["id"], result, HUB)
+        await self.finish(tenant, payment_id, attempt.id, result, HUB)
         return True
 
     async def _reverse(self, tenant: str, payment_id: str, reversal_id: str, biller: str) -> bool:
@@ -200,32 +204,31 @@ class BillPoster:
         assert post is not None
         _, connector = self._directory.connector(biller)
         try:
-            reversal = await connector.reverse(attempt_id=post["id"], biller=biller)
+            reversal = await connector.reverse(attempt_id=post.id, biller=biller)
         except ConnectorError:
             return False  # asked again at the next pass, same reference
         if reversal.outcome is Outcome.PENDING:
             return False
         # reversed → FAILED (the money goes back); refused → SUCCEEDED (the posting stood)
         async with self._pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE payment_attempts SET status = $2, next_check = NULL WHERE id = $1",
-                reversal_id,
-                "succeeded" if reversal.outcome is Outcome.FAILED else "failed",
+            await store.end_attempt(
+                conn,
+                attempt_id=reversal_id,
+                status="succeeded" if reversal.outcome is Outcome.FAILED else "failed",
             )
-        await self.finish(tenant, payment_id, post["id"], reversal, HUB, reversed_=True)
+        await self.finish(tenant, payment_id, post.id, reversal, HUB, reversed_=True)
         return True
 
     async def _manual_review(self, tenant: str, payment_id: str, attempt_id: str) -> None:
         """No way to make the outcome definite automatically: park it for an operator, stop polling."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE payment_attempts SET next_check = now() + interval '1 day' WHERE id = $1", attempt_id
-            )
-            await conn.execute(
-                "UPDATE payments SET bill_posting = $3::jsonb WHERE id = $1 AND tenant = $2",
-                payment_id,
-                tenant,
-                posting(Posting.MANUAL_REVIEW),
+        async with self._pool.acquire() as conn:
+            await store.park_posting(
+                conn,
+                tenant=tenant,
+                payment_id=payment_id,
+                attempt_id=attempt_id,
+                posting=posting(Posting.MANUAL_REVIEW),
+                recheck_in=MANUAL_RECHECK,
             )
 
     async def finish(
@@ -265,19 +268,13 @@ class BillPoster:
 
     async def _pending(self, tenant: str, payment_id: str, attempt_id: str, caller: Caller) -> Response:
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """
-                WITH attempt AS (
-                    UPDATE payment_attempts SET status = 'unknown', next_check = now() + interval '5 seconds'
-                    WHERE id = $3 AND status IN ('started', 'pending', 'unknown')
-                )
-                UPDATE payments SET bill_posting = $4::jsonb
-                WHERE id = $1 AND tenant = $2 AND bill_posting->>'status' = 'posting'
-                """,
-                payment_id,
-                tenant,
-                attempt_id,
-                posting(Posting.PENDING),
+            await store.mark_posting_pending(
+                conn,
+                tenant=tenant,
+                payment_id=payment_id,
+                attempt_id=attempt_id,
+                posting=posting(Posting.PENDING),
+                recheck_in=PENDING_RECHECK,
             )
             return await self._settler.current(conn, tenant, payment_id, caller)
 
@@ -295,15 +292,13 @@ class BillPoster:
         target = Posting.REVERSED if reversed_ else Posting.REJECTED
         refund_id: str | None = None
         async with self._pool.acquire() as conn, conn.transaction():
-            attempt = await conn.fetchrow(
-                "SELECT status FROM payment_attempts WHERE id = $1 FOR UPDATE", attempt_id
-            )
+            attempt_status = await store.lock_attempt_status(conn, attempt_id=attempt_id)
             row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id, lock=True)
             assert row is not None
-            in_flight = attempt is not None and attempt["status"] in ("started", "pending", "unknown")
-            if not in_flight or _posting_state(row).value not in sources(target):
+            in_flight = attempt_status in ("started", "pending", "unknown")
+            if not in_flight or state_of(row.bill_posting).value not in sources(target):
                 return await self._settler.current(conn, tenant, payment_id, caller)
-            if row["amount_captured"] > row["amount_refunded"]:
+            if row.amount_captured > row.amount_refunded:
                 refund_id = await self._refunds.start_return(conn, row, reason="biller_rejected")
             decision = Decision(
                 store.PaymentUpdate(
@@ -321,7 +316,7 @@ class BillPoster:
             outcome = await self._settler.payment(
                 conn, tenant, payment_id, attempt_id, decision, caller=caller, action="bill.post"
             )
-            if refund_id is not None and row["method"] == "balance":
+            if refund_id is not None and row.method == "balance":
                 await self._settler.refund_outcome(
                     conn,
                     refund_id,
@@ -340,9 +335,3 @@ class BillPoster:
                     "bill.refund_deferred", payment=payment_id, refund=refund_id, error=type(exc).__name__
                 )
         return outcome
-
-
-def _posting_state(row: Any) -> Posting:
-    if row["bill_posting"] is None:
-        return Posting.NONE
-    return Posting(orjson.loads(row["bill_posting"])["status"])

@@ -28,7 +28,7 @@ from connectors.base import (
 )
 from connectors.base import Outcome as ConnectorOutcome
 from gateway import errors
-from gateway.domain.bill_posting import Posting
+from gateway.domain.bill_posting import Posting, state_of
 from gateway.domain.ledger_rules import Movement, Result
 from gateway.domain.payment_state import CANCELABLE, CAPTURABLE, Status
 from gateway.identity import Identity
@@ -254,28 +254,28 @@ class PaymentService:
             row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
             attempt = await store.latest_attempt(conn, payment_id=payment_id, operation="authorize")
         assert row is not None  # written in the same statement as the recovery point
-        if attempt is not None and attempt["status"] == "started":
+        if attempt is not None and attempt.status == "started":
             # Phase 2 never finished: ask again with the same attempt id (the processor
             # de-duplicates on it) at the connector that attempt went to.
-            connector = self._connectors[attempt["connector"]]
-            candidates = self._candidates(row["method"])
+            connector = self._connectors[attempt.connector]
+            candidates = self._candidates(row.method)
             candidates = candidates[candidates.index(connector) :] if connector in candidates else [connector]
             prepared = await self._prepare(tenant, params.payment_method)
             request = PaymentRequest(
-                attempt_id=attempt["id"],
+                attempt_id=attempt.id,
                 payment_id=payment_id,
                 tenant=tenant,
-                amount=row["amount"],
-                currency=row["currency"],
-                method=row["method"],
-                capture=row["capture_method"] == "automatic",
+                amount=row.amount,
+                currency=row.currency,
+                method=row.method,
+                capture=row.capture_method == "automatic",
                 card=prepared.card,
                 details=prepared.details,
                 customer=_customer_dict(params.customer),
-                description=row["description"],
+                description=row.description,
             )
-            return await self._authorize(request, candidates, caller, has_bill=row["biller"] is not None)
-        if self.bills is not None and _posting_state(row) in (Posting.POSTING, Posting.PENDING):
+            return await self._authorize(request, candidates, caller, has_bill=row.biller is not None)
+        if self.bills is not None and state_of(row.bill_posting) in (Posting.POSTING, Posting.PENDING):
             return await self.bills.post(tenant, payment_id, caller)
         async with self._pool.acquire() as conn:
             return await self._settler.current(conn, tenant, payment_id, caller)
@@ -505,19 +505,20 @@ class PaymentService:
             if claim.object_id is not None:
                 return await self._resume(tenant, payment_id, "capture", caller)
             async with self._pool.acquire() as conn, conn.transaction():
-                row = await store.claim_status(
+                claimed = await store.claim_status(
                     conn,
                     tenant=tenant,
                     payment_id=payment_id,
                     allowed=sorted(CAPTURABLE),
                     target="processing",
                 )
-                if row is None:
+                if claimed is None:
                     raise await self._why_not(conn, tenant, payment_id, "capture")
-                to_capture = row["amount_authorized"] if amount is None else amount
-                if not 0 < to_capture <= row["amount_authorized"]:
+                row, _ = claimed
+                to_capture = row.amount_authorized if amount is None else amount
+                if not 0 < to_capture <= row.amount_authorized:
                     raise errors.InvalidRequest(
-                        f"amount_to_capture must be between 1 and {row['amount_authorized']}.",
+                        f"amount_to_capture must be between 1 and {row.amount_authorized}.",
                         param="amount_to_capture",
                     )
                 attempt_id = new_id("att")
@@ -527,7 +528,7 @@ class PaymentService:
                     payment_id=payment_id,
                     tenant=tenant,
                     operation="capture",
-                    connector=row["connector"],
+                    connector=row.connector or "",  # capturable means authorized at a connector
                     amount=to_capture,
                 )
                 await idempotency.set_recovery_point(
@@ -539,13 +540,13 @@ class PaymentService:
 
     async def _capture(self, row: Any, attempt_id: str, amount: int, caller: Caller) -> Outcome:
         """Phases 2 and 3 of a capture (also a retry or the resolver sending it again, same attempt)."""
-        connector = self._connectors[row["connector"]]
+        connector = self._connectors[row.connector]
         try:
             result = await connector.capture(
                 attempt_id=attempt_id,
-                reference=row["connector_reference"],
+                reference=row.connector_reference,
                 amount=amount,
-                currency=row["currency"],
+                currency=row.currency,
             )
         except ConnectorError as exc:
             decision = after_error(exc)
@@ -557,7 +558,7 @@ class PaymentService:
             decision = after_capture(result, amount=amount)
         async with self._pool.acquire() as conn, conn.transaction():
             return await self._settler.payment(
-                conn, row["tenant"], row["id"], attempt_id, decision, caller=caller, action="payment.capture"
+                conn, row.tenant, row.id, attempt_id, decision, caller=caller, action="payment.capture"
             )
 
     async def cancel(
@@ -570,17 +571,18 @@ class PaymentService:
             if claim.object_id is not None:
                 return await self._resume(tenant, payment_id, "void", caller)
             async with self._pool.acquire() as conn, conn.transaction():
-                row = await store.claim_status(
+                claimed = await store.claim_status(
                     conn,
                     tenant=tenant,
                     payment_id=payment_id,
                     allowed=sorted(CANCELABLE),
                     target="processing",
                 )
-                if row is None:
+                if claimed is None:
                     raise await self._why_not(conn, tenant, payment_id, "cancel")
+                row, previous = claimed
                 attempt_id = None
-                if row["connector"] is not None and row["connector_reference"] is not None:
+                if row.connector is not None and row.connector_reference is not None:
                     # Release the authorization (or close the wallet order) at the connector first.
                     attempt_id = new_id("att")
                     await store.insert_attempt(
@@ -589,7 +591,7 @@ class PaymentService:
                         payment_id=payment_id,
                         tenant=tenant,
                         operation="void",
-                        connector=row["connector"],
+                        connector=row.connector,
                         amount=0,
                     )
                     await idempotency.set_recovery_point(
@@ -605,16 +607,16 @@ class PaymentService:
                     return await self._settler.payment(
                         conn, tenant, payment_id, None, decision, caller=caller, action="payment.cancel"
                     )
-            return await self._void(row, attempt_id, caller, previous=row["previous_status"])
+            return await self._void(row, attempt_id, caller, previous=previous)
 
         return await run_idempotent(self._pool, keyed, work)
 
     async def _void(self, row: Any, attempt_id: str, caller: Caller, *, previous: str | None) -> Outcome:
         """Phases 2 and 3 of a cancel (also sent again by a retry or the resolver, same attempt)."""
-        tenant, payment_id = row["tenant"], row["id"]
+        tenant, payment_id = row.tenant, row.id
         try:
-            result: ConnectorResult | None = await self._connectors[row["connector"]].void(
-                attempt_id=attempt_id, reference=row["connector_reference"]
+            result: ConnectorResult | None = await self._connectors[row.connector].void(
+                attempt_id=attempt_id, reference=row.connector_reference
             )
             known = result is not None and result.outcome is not ConnectorOutcome.PENDING
             refusal: ConnectorError | None = None
@@ -633,16 +635,9 @@ class PaymentService:
                     conn, tenant, payment_id, attempt_id, decision, caller=caller, action="payment.cancel"
                 )
         # The connector refused or was unreachable: nothing changed there, so undo our claim.
-        back = previous or (
-            Status.REQUIRES_CAPTURE if row["amount_authorized"] > 0 else Status.REQUIRES_ACTION
-        )
+        back = previous or (Status.REQUIRES_CAPTURE if row.amount_authorized > 0 else Status.REQUIRES_ACTION)
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE payment_attempts SET status = 'failed', next_check = NULL "
-                "WHERE id = $1 AND status = ANY($2)",
-                attempt_id,
-                list(IN_FLIGHT),
-            )
+            await store.end_attempt(conn, attempt_id=attempt_id, status="failed")
             await store.claim_status(
                 conn, tenant=tenant, payment_id=payment_id, allowed=["processing"], target=str(back)
             )
@@ -659,23 +654,23 @@ class PaymentService:
             row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
             attempt = await store.latest_attempt(conn, payment_id=payment_id, operation=operation)
         assert row is not None
-        if attempt is None or attempt["status"] != "started":
+        if attempt is None or attempt.status != "started":
             async with self._pool.acquire() as conn:
                 return await self._settler.current(conn, tenant, payment_id, caller)
         return await self.send_again(row, attempt, caller)
 
     async def send_again(self, row: Any, attempt: Any, caller: Caller = HUB) -> Outcome:
         """Phase 2 of a capture or void recorded but never answered (a crash): same attempt id."""
-        if attempt["operation"] == "capture":
-            return await self._capture(row, attempt["id"], attempt["amount"], caller)
-        return await self._void(row, attempt["id"], caller, previous=None)
+        if attempt.operation == "capture":
+            return await self._capture(row, attempt.id, attempt.amount, caller)
+        return await self._void(row, attempt.id, caller, previous=None)
 
     async def _why_not(self, conn: Connection, tenant: str, payment_id: str, action: str) -> errors.ApiError:
         row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
         if row is None:
             return errors.NotFound(f"No such payment: '{payment_id}'.", param="id")
         return errors.Conflict(
-            f"You cannot {action} this payment because it has a status of {row['status']}.",
+            f"You cannot {action} this payment because it has a status of {row.status}.",
             code="payment_unexpected_state",
         )
 
@@ -695,52 +690,42 @@ class PaymentService:
         if result.outcome is ConnectorOutcome.PENDING:
             return False
         async with self._pool.acquire() as conn, conn.transaction():
-            attempt = await conn.fetchrow(
-                """
-                SELECT a.id, a.payment_id, a.tenant, a.operation, a.amount, a.status,
-                       p.currency, p.capture_method, p.status AS payment_status, p.amount_authorized, p.biller
-                FROM payment_attempts a JOIN payments p ON p.id = a.payment_id
-                WHERE a.id = $1 AND a.connector = $2
-                FOR UPDATE OF a
-                """,
-                attempt_id,
-                connector,
-            )
-            if attempt is None or attempt["status"] not in IN_FLIGHT:
+            attempt = await store.lock_answered_attempt(conn, attempt_id=attempt_id, connector=connector)
+            if attempt is None or attempt.status not in IN_FLIGHT:
                 return False
-            why = _mismatch(result, amount=attempt["amount"], currency=attempt["currency"])
+            why = _mismatch(result, amount=attempt.amount, currency=attempt.currency)
             if why is not None:
                 log.error("payment.answer_mismatch", connector=connector, attempt=attempt_id, reason=why)
                 raise CallbackMismatch(why)
-            if attempt["operation"] == "capture":
-                decision = after_capture(result, amount=attempt["amount"])
-            elif attempt["operation"] == "void":
-                decision = after_void(result, authorized=attempt["amount_authorized"] > 0)
-            elif attempt["operation"] == "authorize":
+            if attempt.operation == "capture":
+                decision = after_capture(result, amount=attempt.amount)
+            elif attempt.operation == "void":
+                decision = after_void(result, authorized=attempt.amount_authorized > 0)
+            elif attempt.operation == "authorize":
                 decision = after_authorize(
-                    result, amount=attempt["amount"], capture=attempt["capture_method"] == "automatic"
+                    result, amount=attempt.amount, capture=attempt.capture_method == "automatic"
                 )
-                if attempt["biller"] is not None:
+                if attempt.biller is not None:
                     # Money collected asynchronously for a bill is posted now, like a synchronous one.
-                    decision = collected_for_bill(decision, current=Status(attempt["payment_status"]))
+                    decision = collected_for_bill(decision, current=Status(attempt.payment_status))
             else:
                 return False
             if (
                 result.outcome is ConnectorOutcome.REQUIRES_ACTION
-                and attempt["payment_status"] == "requires_action"
+                and attempt.payment_status == "requires_action"
             ):
                 return False  # nothing new
             await self._settler.payment(
                 conn,
-                attempt["tenant"],
-                attempt["payment_id"],
+                attempt.tenant,
+                attempt.payment_id,
                 attempt_id,
                 decision,
                 caller=HUB,
                 action=action,
             )
         if decision.post_bill and self.bills is not None:
-            await self.bills.post(attempt["tenant"], attempt["payment_id"])
+            await self.bills.post(attempt.tenant, attempt.payment_id)
         return True
 
 
@@ -771,9 +756,3 @@ def _customer_dict(customer: schemas.CustomerInput | None) -> dict[str, Any]:
 
 def _customer_json(customer: schemas.CustomerInput | None) -> str | None:
     return orjson.dumps(_customer_dict(customer)).decode() if customer is not None else None
-
-
-def _posting_state(row: Any) -> Posting:
-    if row["bill_posting"] is None:
-        return Posting.NONE
-    return Posting(orjson.loads(row["bill_posting"])["status"])

@@ -74,18 +74,18 @@ class RefundService:
             payment = await store.get_payment(conn, tenant=tenant, payment_id=params.payment, lock=True)
             if payment is None:
                 raise errors.NotFound(f"No such payment: '{params.payment}'.", param="payment")
-            if payment["biller"] is not None:
+            if payment.biller is not None:
                 # The money went on to the biller: giving it back takes the biller's reversal, not a
                 # refund of the card (a rejected or reversed posting is refunded automatically).
                 raise errors.Conflict(
                     "A bill payment posted to its biller cannot be refunded here.",
                     code="bill_payment_not_refundable",
                 )
-            refundable = payment["amount_captured"] - payment["amount_refunded"]
+            refundable = payment.amount_captured - payment.amount_refunded
             amount = params.amount if params.amount is not None else refundable
-            if payment["status"] != "succeeded" or refundable <= 0:
+            if payment.status != "succeeded" or refundable <= 0:
                 raise errors.Conflict(
-                    f"This payment cannot be refunded: its status is {payment['status']} "
+                    f"This payment cannot be refunded: its status is {payment.status} "
                     f"and {refundable} is left to refund.",
                     code="charge_not_refundable",
                 )
@@ -120,7 +120,7 @@ class RefundService:
     async def start_return(self, conn: Connection, payment: Any, *, reason: str) -> str:
         """Phase 1 of giving a bill payment's collected money back (the biller refused or reversed it),
         inside the caller's transaction. Returns the refund id; call :meth:`run` after commit."""
-        amount = payment["amount_captured"] - payment["amount_refunded"]
+        amount = payment.amount_captured - payment.amount_refunded
         return await self._start(
             conn,
             payment,
@@ -144,7 +144,7 @@ class RefundService:
         statuses: Sequence[str],
         on_too_much: Any,
     ) -> str:
-        tenant, payment_id, currency = payment["tenant"], payment["id"], payment["currency"]
+        tenant, payment_id, currency = payment.tenant, payment.id, payment.currency
         refund_id = new_id("re")
         reserved = await store.reserve_refund(
             conn, tenant=tenant, payment_id=payment_id, amount=amount, statuses=statuses
@@ -184,7 +184,7 @@ class RefundService:
                 payment_id=payment_id,
                 tenant=tenant,
                 operation="refund",
-                connector=payment["connector"],
+                connector=payment.connector,
                 amount=amount,
                 refund_id=refund_id,
             )
@@ -200,20 +200,18 @@ class RefundService:
             refund = await store.get_refund(conn, tenant=tenant, refund_id=refund_id)
             attempt = await store.refund_attempt(conn, refund_id=refund_id)
             payment = (
-                await store.get_payment(conn, tenant=tenant, payment_id=refund["payment_id"])
-                if refund
-                else None
+                await store.get_payment(conn, tenant=tenant, payment_id=refund.payment_id) if refund else None
             )
         if refund is None or payment is None:
             raise errors.NotFound(f"No such refund: '{refund_id}'.", param="id")
-        if refund["status"] != "pending" or attempt is None:
+        if refund.status != "pending" or attempt is None:
             return await self._answer(tenant, refund_id, caller)
         try:
-            result = await self._connectors[attempt["connector"]].refund(
-                attempt_id=attempt["id"],
-                reference=payment["connector_reference"],
-                amount=refund["amount"],
-                currency=refund["currency"],
+            result = await self._connectors[attempt.connector].refund(
+                attempt_id=attempt.id,
+                reference=payment.connector_reference or "",
+                amount=refund.amount,
+                currency=refund.currency,
             )
         except ConnectorError as exc:
             # Unknown outcome: stays pending (the amount stays held) until the resolver knows.
@@ -254,19 +252,19 @@ class RefundService:
 
     async def resolve(self, attempt: Any) -> bool:
         """Status inquiry for a refund whose outcome was unknown; True when it became definite."""
-        connector = self._connectors.get(attempt["connector"])
-        if connector is None or attempt["refund_id"] is None:
+        connector = self._connectors.get(attempt.connector)
+        if connector is None or attempt.refund_id is None:
             return False
         try:
-            result = await connector.sync(attempt_id=attempt["id"], operation="refund")
+            result = await connector.sync(attempt_id=attempt.id, operation="refund")
         except ConnectorError:
             return False
         status, reference, failure = _refund_status(result.outcome, result.reference, result.decline_code)
         if status == "pending":
             return False
         await self.settle(
-            attempt["tenant"],
-            attempt["refund_id"],
+            attempt.tenant,
+            attempt.refund_id,
             status=status,
             reference=reference,
             failure=failure or None,

@@ -37,18 +37,6 @@ log = get_logger("gateway.resolver")
 # Seconds before the next look at an attempt, by how many looks it had (then every 3 minutes).
 BACKOFF = (1.0, 5.0, 15.0, 30.0, 60.0, 180.0)
 
-_DUE = """
-WITH due AS (
-    SELECT a.id FROM payment_attempts a
-    WHERE a.status IN ('started', 'pending', 'unknown') AND a.next_check <= now()
-    ORDER BY a.next_check LIMIT $1 FOR UPDATE SKIP LOCKED
-)
-UPDATE payment_attempts a SET next_check = now() + interval '30 seconds', tries = a.tries + 1
-FROM due
-WHERE a.id = due.id
-RETURNING a.id, a.payment_id, a.tenant, a.operation, a.connector, a.amount, a.tries, a.status, a.refund_id
-"""
-
 
 @dataclass
 class ResolverHealth:
@@ -82,24 +70,24 @@ class Resolver:
 
     async def resolve_due(self, *, limit: int = 50) -> int:
         """One pass over the attempts due now; returns how many were looked at."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            due = await conn.fetch(_DUE, limit)
+        async with self._pool.acquire() as conn:
+            due = await store.claim_due_attempts(conn, limit=limit)
         for attempt in due:
             try:
                 settled = await self._resolve(attempt)
             except Exception as exc:
                 self.health.failures += 1
-                self._metrics.resolver_items.labels(attempt["operation"], "error").inc()
+                self._metrics.resolver_items.labels(attempt.operation, "error").inc()
                 log.warning(
                     "resolver.item_failed",
-                    attempt=attempt["id"],
-                    operation=attempt["operation"],
+                    attempt=attempt.id,
+                    operation=attempt.operation,
                     error=type(exc).__name__,
                 )
                 settled = False
             else:
                 self._metrics.resolver_items.labels(
-                    attempt["operation"], "settled" if settled else "later"
+                    attempt.operation, "settled" if settled else "later"
                 ).inc()
             if not settled:
                 await self._later(attempt)
@@ -107,44 +95,35 @@ class Resolver:
         return len(due)
 
     async def _resolve(self, attempt: Any) -> bool:
-        operation, started = attempt["operation"], attempt["status"] == "started"
+        operation, started = attempt.operation, attempt.status == "started"
         if operation in ("post_bill", "reverse_bill"):
             return self._bills is not None and await self._bills.resolve(attempt)
         if operation == "refund":
-            if attempt["refund_id"] is None:
+            if attempt.refund_id is None:
                 return False
             if started:
-                await self._refunds.run(attempt["tenant"], attempt["refund_id"])
+                await self._refunds.run(attempt.tenant, attempt.refund_id)
                 return True
             return await self._refunds.resolve(attempt)
         if started and operation in ("capture", "void"):
             async with self._pool.acquire() as conn:
-                row = await store.get_payment(
-                    conn, tenant=attempt["tenant"], payment_id=attempt["payment_id"]
-                )
+                row = await store.get_payment(conn, tenant=attempt.tenant, payment_id=attempt.payment_id)
             assert row is not None
             await self._payments.send_again(row, attempt)
             return True
-        connector = self._payments.connector(attempt["connector"])
+        connector = self._payments.connector(attempt.connector)
         if connector is None:
             return False
         try:
-            result = await connector.sync(attempt_id=attempt["id"], operation=operation)
+            result = await connector.sync(attempt_id=attempt.id, operation=operation)
         except ConnectorError:
             return False  # unreachable right now: ask again later
         if result.outcome in (ConnectorOutcome.PENDING, ConnectorOutcome.REQUIRES_ACTION):
             return False
-        await self._payments.settle_attempt(
-            attempt["connector"], attempt["id"], result, action="payment.resolve"
-        )
+        await self._payments.settle_attempt(attempt.connector, attempt.id, result, action="payment.resolve")
         return True
 
     async def _later(self, attempt: Any) -> None:
-        delay = BACKOFF[min(attempt["tries"], len(BACKOFF) - 1)]
+        delay = BACKOFF[min(attempt.tries, len(BACKOFF) - 1)]
         async with self._pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE payment_attempts SET next_check = now() + make_interval(secs => $2) "
-                "WHERE id = $1 AND status IN ('started', 'pending', 'unknown')",
-                attempt["id"],
-                delay,
-            )
+            await store.recheck_later(conn, attempt_id=attempt.id, delay=delay)

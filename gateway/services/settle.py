@@ -68,34 +68,34 @@ async def record_and_log(conn: Connection, record: OutcomeRecord) -> None:
 
 
 def purpose_of(payment: Any) -> Purpose:
-    if payment["destination_account"] is not None:
+    if payment.destination_account is not None:
         return Purpose.TOPUP
-    return Purpose.BILL if payment["biller"] is not None else Purpose.PAYMENT
+    return Purpose.BILL if payment.biller is not None else Purpose.PAYMENT
 
 
 def funding_of(payment: Any) -> Funding:
-    return Funding.BALANCE if payment["method"] == "balance" else Funding.CONNECTOR
+    return Funding.BALANCE if payment.method == "balance" else Funding.CONNECTOR
 
 
 def payer_account(payment: Any) -> str:
-    account: str = orjson.loads(payment["payment_method"])["balance"]["account"]
+    account: str = orjson.loads(payment.payment_method)["balance"]["account"]
     return account
 
 
 def accounts(payment: Any) -> dict[Role, ledger.AccountRef]:
     """The payment's two roles in the ledger rules, as accounts."""
-    tenant, currency = payment["tenant"], payment["currency"]
+    tenant, currency = payment.tenant, payment.currency
     source: ledger.AccountRef = (
         payer_account(payment)
         if funding_of(payment) is Funding.BALANCE
-        else ledger.SystemAccount(tenant, "connector_receivable", payment["connector"], currency)
+        else ledger.SystemAccount(tenant, "connector_receivable", payment.connector, currency)
     )
     purpose = purpose_of(payment)
     target: ledger.AccountRef
     if purpose is Purpose.TOPUP:
-        target = payment["destination_account"]
+        target = payment.destination_account
     elif purpose is Purpose.BILL:
-        target = ledger.SystemAccount(tenant, "biller_payable", payment["biller"], currency)
+        target = ledger.SystemAccount(tenant, "biller_payable", payment.biller, currency)
     else:
         target = ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
     return {Role.FROM: source, Role.TO: target}
@@ -112,7 +112,7 @@ async def book(
 ) -> None:
     """Post the rule's moves for this payment (InsufficientFunds if a balance would go negative)."""
     roles = accounts(payment)
-    currency = payment["currency"]
+    currency = payment.currency
     moves = [
         ledger.Move(
             roles[leg.source],
@@ -126,33 +126,29 @@ async def book(
     ]
     await ledger.post(
         conn,
-        tenant=payment["tenant"],
+        tenant=payment.tenant,
         kind=kind(movement, result, purpose_of(payment)),
         moves=moves,
-        payment_id=payment["id"],
+        payment_id=payment.id,
         refund_id=refund_id,
     )
 
 
 async def _book_collection(conn: Connection, payment: Any, decision: Decision) -> None:
     purpose = purpose_of(payment)
-    pending_booked = purpose is Purpose.TOPUP and bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM ledger_transactions WHERE payment_id = $1 AND kind = $2)",
-            payment["id"],
-            kind(Movement.COLLECT, Result.PENDING, purpose),
-        )
+    pending_booked = purpose is Purpose.TOPUP and await ledger.has_transaction(
+        conn, payment_id=payment.id, kind=kind(Movement.COLLECT, Result.PENDING, purpose)
     )
     result = collect_result(
         purpose,
         captured=decision.captured > 0,
-        pending=payment["status"] == Status.PROCESSING,
-        failed=payment["status"] == Status.FAILED,
+        pending=payment.status == Status.PROCESSING,
+        failed=payment.status == Status.FAILED,
         pending_booked=pending_booked,
     )
     if result is None:
         return
-    amount = decision.captured if result is Result.SUCCEEDED else payment["amount"]
+    amount = decision.captured if result is Result.SUCCEEDED else payment.amount
     await book(conn, payment, Movement.COLLECT, result, amount)
 
 
@@ -194,7 +190,7 @@ class Settler:
         )
         if row is None:
             return await self.current(conn, tenant, payment_id, caller)
-        if row["method"] != "balance":
+        if row.method != "balance":
             await _book_collection(conn, row, decision)
         if decision.post_bill:
             # Recorded with the collection, so the posting exists before the biller is called and
@@ -205,10 +201,10 @@ class Settler:
                 payment_id=payment_id,
                 tenant=tenant,
                 operation="post_bill",
-                connector=row["biller"],
-                amount=row["amount_captured"],
+                connector=row.biller or "",  # a post_bill decision is only made for bill payments
+                amount=row.amount_captured,
             )
-        self._metrics.payments.labels(row["method"], row["status"], row["connector"] or "ledger").inc()
+        self._metrics.payments.labels(row.method, row.status, row.connector or "ledger").inc()
         body = render.encode(render.payment(row))
         for event in extra_events:
             await store.insert_event(
@@ -229,9 +225,9 @@ class Settler:
                 body=body,
                 actor=caller.spiffe_id,
                 action=action,
-                outcome=row["status"],
+                outcome=row.status,
                 source=caller.source,
-                details={"amount": row["amount"], "currency": row["currency"], "method": row["method"]},
+                details={"amount": row.amount, "currency": row.currency, "method": row.method},
                 idempotency_key=caller.key,
             ),
         )
@@ -262,17 +258,15 @@ class Settler:
         None when the refund is no longer pending (settled by someone else first).
         """
         refund = await store.lock_refund(conn, tenant=tenant, refund_id=refund_id)
-        if refund is None or refund["status"] != "pending":
+        if refund is None or refund.status != "pending":
             return None
-        payment = await store.get_payment(conn, tenant=tenant, payment_id=refund["payment_id"])
+        payment = await store.get_payment(conn, tenant=tenant, payment_id=refund.payment_id)
         assert payment is not None
         if status == "succeeded":
-            await book(
-                conn, payment, Movement.REFUND, Result.SUCCEEDED, refund["amount"], refund_id=refund_id
-            )
+            await book(conn, payment, Movement.REFUND, Result.SUCCEEDED, refund.amount, refund_id=refund_id)
         elif status == "failed":
-            await book(conn, payment, Movement.REFUND, Result.FAILED, refund["amount"], refund_id=refund_id)
-            await store.release_refund(conn, tenant=tenant, payment_id=payment["id"], amount=refund["amount"])
+            await book(conn, payment, Movement.REFUND, Result.FAILED, refund.amount, refund_id=refund_id)
+            await store.release_refund(conn, tenant=tenant, payment_id=payment.id, amount=refund.amount)
         await store.settle_refund_attempt(conn, refund_id=refund_id, status=status, reference=reference)
         return await self.refund_outcome(
             conn, refund_id, tenant=tenant, status=status, reference=reference, failure=failure, caller=caller
@@ -305,7 +299,7 @@ class Settler:
                 action="refund.create" if caller.keyed else "refund.resolve",
                 outcome=status,
                 source=caller.source,
-                details={"payment": row["payment_id"], "amount": row["amount"], "currency": row["currency"]},
+                details={"payment": row.payment_id, "amount": row.amount, "currency": row.currency},
                 idempotency_key=caller.key,
             ),
         )

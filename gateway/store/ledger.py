@@ -217,3 +217,13 @@ async def list_entries(
             limit,
         )
     return [Entry(*row) for row in rows]
+
+
+async def has_transaction(conn: Connection, *, payment_id: str, kind: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM ledger_transactions WHERE payment_id = $1 AND kind = $2)",
+            payment_id,
+            kind,
+        )
+    )

@@ -19,6 +19,94 @@ PAYMENT_COLUMNS = """
     failure_code, failure_message, created, updated, destination_account
 """
 
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """A payments row, in PAYMENT_COLUMNS order. JSON columns stay JSON text (rendered once)."""
+
+    id: str
+    tenant: str
+    status: str
+    amount: int
+    currency: str
+    amount_authorized: int
+    amount_captured: int
+    amount_refunded: int
+    method: str
+    payment_method: str
+    capture_method: str
+    customer_id: str | None
+    customer: str | None
+    biller: str | None
+    bill: str | None
+    bill_posting: str | None
+    description: str | None
+    metadata: str
+    connector: str | None
+    connector_reference: str | None
+    risk: str | None
+    next_action: str | None
+    failure_code: str | None
+    failure_message: str | None
+    created: datetime
+    updated: datetime
+    destination_account: str | None
+
+    @classmethod
+    def of(cls, record: asyncpg.Record) -> Payment:
+        return cls(*tuple(record)[:_PAYMENT_FIELDS])
+
+
+_PAYMENT_FIELDS = 27
+
+
+def _payment(record: asyncpg.Record | None) -> Payment | None:
+    return Payment.of(record) if record is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One connector call of a payment (payment_attempts row)."""
+
+    id: str
+    payment_id: str
+    tenant: str
+    operation: str
+    connector: str
+    amount: int
+    status: str
+    connector_reference: str | None
+    refund_id: str | None
+    tries: int
+
+
+ATTEMPT_COLUMNS = (
+    "id, payment_id, tenant, operation, connector, amount, status, connector_reference, refund_id, tries"
+)
+
+
+def _attempt(record: asyncpg.Record | None) -> Attempt | None:
+    return Attempt(*record) if record is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Refund:
+    id: str
+    tenant: str
+    payment_id: str
+    amount: int
+    currency: str
+    status: str
+    reason: str | None
+    failure_code: str | None
+    metadata: str
+    created: datetime
+
+
+def _refund(record: asyncpg.Record | None) -> Refund | None:
+    return Refund(*record) if record is not None else None
+
+
 _INSERT_PAYMENT = f"""
 INSERT INTO payments (id, tenant, status, amount, currency, method, payment_method, capture_method,
                       customer_id, customer, description, metadata, connector, destination_account,
@@ -90,8 +178,8 @@ def _payment_args(payment: NewPayment) -> tuple[object, ...]:
     )
 
 
-async def insert_payment(conn: Connection, payment: NewPayment) -> asyncpg.Record:
-    row: asyncpg.Record | None = await conn.fetchrow(_INSERT_PAYMENT, *_payment_args(payment))
+async def insert_payment(conn: Connection, payment: NewPayment) -> Payment:
+    row = _payment(await conn.fetchrow(_INSERT_PAYMENT, *_payment_args(payment)))
     assert row is not None
     return row
 
@@ -217,12 +305,12 @@ async def apply_result(
     raw_code: str | None = None,
     recheck_in: float = 1.0,
     bill_posting_from: Sequence[str] | None = None,
-) -> asyncpg.Record | None:
+) -> Payment | None:
     """Apply ``update`` if the attempt is still in flight and the move is legal; None if not.
 
     ``bill_posting_from`` guards a bill payment's posting state (``none`` = not collected yet).
     """
-    row: asyncpg.Record | None = await conn.fetchrow(
+    row = await conn.fetchrow(
         _APPLY,
         payment_id,
         tenant,
@@ -243,29 +331,32 @@ async def apply_result(
         update.amount_refunded,
         list(bill_posting_from) if bill_posting_from is not None else None,
     )
-    return row
+    return _payment(row)
 
 
 async def get_payment(
     conn: Connection, *, tenant: str, payment_id: str, lock: bool = False
-) -> asyncpg.Record | None:
+) -> Payment | None:
     suffix = " FOR UPDATE" if lock else ""
-    return await conn.fetchrow(
+    record = await conn.fetchrow(
         f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1 AND tenant = $2{suffix}",  # noqa: S608
         payment_id,
         tenant,
     )
+    return _payment(record)
 
 
-async def latest_attempt(conn: Connection, *, payment_id: str, operation: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        """
-        SELECT id, operation, connector, amount, status, connector_reference
-        FROM payment_attempts WHERE payment_id = $1 AND operation = $2
-        ORDER BY created DESC, id DESC LIMIT 1
-        """,
-        payment_id,
-        operation,
+async def latest_attempt(conn: Connection, *, payment_id: str, operation: str) -> Attempt | None:
+    return _attempt(
+        await conn.fetchrow(
+            f"""
+            SELECT {ATTEMPT_COLUMNS}
+            FROM payment_attempts WHERE payment_id = $1 AND operation = $2
+            ORDER BY created DESC, id DESC LIMIT 1
+            """,  # noqa: S608 - fixed column list
+            payment_id,
+            operation,
+        )
     )
 
 
@@ -299,7 +390,7 @@ async def list_payments(
     limit: int,
     starting_after: str | None,
     ending_before: str | None,
-) -> tuple[list[asyncpg.Record], bool]:
+) -> tuple[list[Payment], bool]:
     """Newest first, keyset-paginated on (created, id); returns (page, has_more).
 
     A cursor that is not the caller's object behaves as if it did not exist (404 upstream).
@@ -316,7 +407,7 @@ async def list_payments(
         where.add("created", "<", _floor_second(filters.created_lte) + timedelta(seconds=1))
     where.add("amount", ">=", filters.amount_gte)
     where.add("amount", "<=", filters.amount_lte)
-    return await newest_first(
+    rows, has_more = await newest_first(
         conn,
         table="payments",
         columns=PAYMENT_COLUMNS,
@@ -325,6 +416,7 @@ async def list_payments(
         starting_after=starting_after,
         ending_before=ending_before,
     )
+    return [Payment.of(row) for row in rows], has_more
 
 
 async def cursor_exists(conn: Connection, *, tenant: str, payment_id: str) -> bool:
@@ -338,11 +430,13 @@ REFUND_COLUMNS = (
 )
 
 
-async def get_refund(conn: Connection, *, tenant: str, refund_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"SELECT {REFUND_COLUMNS} FROM refunds WHERE id = $1 AND tenant = $2",  # noqa: S608
-        refund_id,
-        tenant,
+async def get_refund(conn: Connection, *, tenant: str, refund_id: str) -> Refund | None:
+    return _refund(
+        await conn.fetchrow(
+            f"SELECT {REFUND_COLUMNS} FROM refunds WHERE id = $1 AND tenant = $2",  # noqa: S608
+            refund_id,
+            tenant,
+        )
     )
 
 
@@ -361,15 +455,15 @@ async def insert_event(
 
 async def claim_status(
     conn: Connection, *, tenant: str, payment_id: str, allowed: Sequence[str], target: str
-) -> asyncpg.Record | None:
+) -> tuple[Payment, str] | None:
     """Move the payment from one of ``allowed`` to ``target`` if it is still there; None if not.
 
-    The row carries ``previous_status`` so a caller can undo the claim.
+    Returns the payment and its previous status, so a caller can undo the claim.
 
     This single conditional UPDATE is what serializes concurrent captures/cancels of one payment:
     only one of them finds the old status and may call the connector.
     """
-    row: asyncpg.Record | None = await conn.fetchrow(
+    row = await conn.fetchrow(
         f"""
         WITH old AS (
             SELECT id AS old_id, status AS previous_status FROM payments
@@ -383,18 +477,18 @@ async def claim_status(
         target,
         list(allowed),
     )
-    return row
+    return (Payment.of(row), row["previous_status"]) if row is not None else None
 
 
 async def reserve_refund(
     conn: Connection, *, tenant: str, payment_id: str, amount: int, statuses: Sequence[str] = ("succeeded",)
-) -> asyncpg.Record | None:
+) -> Payment | None:
     """Add ``amount`` to amount_refunded if the payment succeeded and it stays ≤ amount_captured.
 
     The row lock taken by the UPDATE serializes concurrent refunds of one payment, and the
     table's CHECK backs the WHERE clause: refunded can never exceed captured.
     """
-    row: asyncpg.Record | None = await conn.fetchrow(
+    row = await conn.fetchrow(
         f"""
         UPDATE payments SET amount_refunded = amount_refunded + $3
         WHERE id = $1 AND tenant = $2 AND status = ANY($4::text[]) AND amount_refunded + $3 <= amount_captured
@@ -405,20 +499,25 @@ async def reserve_refund(
         amount,
         list(statuses),
     )
-    return row
+    return _payment(row)
 
 
-async def lock_refund(conn: Connection, *, tenant: str, refund_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"SELECT {REFUND_COLUMNS} FROM refunds WHERE id = $1 AND tenant = $2 FOR UPDATE",  # noqa: S608
-        refund_id,
-        tenant,
+async def lock_refund(conn: Connection, *, tenant: str, refund_id: str) -> Refund | None:
+    return _refund(
+        await conn.fetchrow(
+            f"SELECT {REFUND_COLUMNS} FROM refunds WHERE id = $1 AND tenant = $2 FOR UPDATE",  # noqa: S608
+            refund_id,
+            tenant,
+        )
     )
 
 
-async def refund_attempt(conn: Connection, *, refund_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT id, connector, amount, status FROM payment_attempts WHERE refund_id = $1", refund_id
+async def refund_attempt(conn: Connection, *, refund_id: str) -> Attempt | None:
+    return _attempt(
+        await conn.fetchrow(
+            f"SELECT {ATTEMPT_COLUMNS} FROM payment_attempts WHERE refund_id = $1",  # noqa: S608
+            refund_id,
+        )
     )
 
 
@@ -483,18 +582,140 @@ async def finish_refund(
     status: str,
     reference: str | None,
     failure_code: str | None,
-) -> asyncpg.Record:
-    row: asyncpg.Record | None = await conn.fetchrow(
-        f"""
+) -> Refund:
+    row = _refund(
+        await conn.fetchrow(
+            f"""
         UPDATE refunds SET status = $3, connector_reference = $4, failure_code = $5
         WHERE id = $1 AND tenant = $2
         RETURNING {REFUND_COLUMNS}
         """,  # noqa: S608 - fixed column list
-        refund_id,
-        tenant,
-        status,
-        reference,
-        failure_code,
+            refund_id,
+            tenant,
+            status,
+            reference,
+            failure_code,
+        )
     )
     assert row is not None
     return row
+
+
+# ---- attempts: what the resolver, callbacks and the bill flow ask of them ----------------------------
+
+_DUE = f"""
+WITH due AS (
+    SELECT id FROM payment_attempts
+    WHERE status IN ('started', 'pending', 'unknown') AND next_check <= now()
+    ORDER BY next_check LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+UPDATE payment_attempts a SET next_check = now() + interval '30 seconds', tries = a.tries + 1
+FROM due
+WHERE a.id = due.id
+RETURNING {", ".join("a." + column for column in ATTEMPT_COLUMNS.split(", "))}
+"""  # noqa: S608 - fixed column list
+
+
+async def claim_due_attempts(conn: Connection, *, limit: int) -> list[Attempt]:
+    """Attempts whose next check has come, pushed 30 s forward so no other process takes them meanwhile."""
+    return [Attempt(*row) for row in await conn.fetch(_DUE, limit)]
+
+
+async def recheck_later(conn: Connection, *, attempt_id: str, delay: float) -> None:
+    await conn.execute(
+        "UPDATE payment_attempts SET next_check = now() + make_interval(secs => $2) "
+        "WHERE id = $1 AND status IN ('started', 'pending', 'unknown')",
+        attempt_id,
+        delay,
+    )
+
+
+async def end_attempt(conn: Connection, *, attempt_id: str, status: str) -> None:
+    """Close an attempt still in flight with a final status (no further checks)."""
+    await conn.execute(
+        "UPDATE payment_attempts SET status = $2, next_check = NULL "
+        "WHERE id = $1 AND status IN ('started', 'pending', 'unknown')",
+        attempt_id,
+        status,
+    )
+
+
+async def lock_attempt_status(conn: Connection, *, attempt_id: str) -> str | None:
+    status: str | None = await conn.fetchval(
+        "SELECT status FROM payment_attempts WHERE id = $1 FOR UPDATE", attempt_id
+    )
+    return status
+
+
+@dataclass(frozen=True, slots=True)
+class AnsweredAttempt:
+    """An attempt a later answer (callback, inquiry) is about, with what applying it needs of its payment."""
+
+    id: str
+    payment_id: str
+    tenant: str
+    operation: str
+    amount: int
+    status: str
+    currency: str
+    capture_method: str
+    payment_status: str
+    amount_authorized: int
+    biller: str | None
+
+
+async def lock_answered_attempt(
+    conn: Connection, *, attempt_id: str, connector: str
+) -> AnsweredAttempt | None:
+    row = await conn.fetchrow(
+        """
+        SELECT a.id, a.payment_id, a.tenant, a.operation, a.amount, a.status,
+               p.currency, p.capture_method, p.status, p.amount_authorized, p.biller
+        FROM payment_attempts a JOIN payments p ON p.id = a.payment_id
+        WHERE a.id = $1 AND a.connector = $2
+        FOR UPDATE OF a
+        """,
+        attempt_id,
+        connector,
+    )
+    return AnsweredAttempt(*row) if row is not None else None
+
+
+async def mark_posting_pending(
+    conn: Connection, *, tenant: str, payment_id: str, attempt_id: str, posting: str, recheck_in: float
+) -> None:
+    """A posting sent without a definite answer: the attempt is unknown, the posting pending."""
+    await conn.execute(
+        """
+        WITH attempt AS (
+            UPDATE payment_attempts SET status = 'unknown', next_check = now() + make_interval(secs => $5)
+            WHERE id = $3 AND status IN ('started', 'pending', 'unknown')
+        )
+        UPDATE payments SET bill_posting = $4::jsonb
+        WHERE id = $1 AND tenant = $2 AND bill_posting->>'status' = 'posting'
+        """,
+        payment_id,
+        tenant,
+        attempt_id,
+        posting,
+        recheck_in,
+    )
+
+
+async def park_posting(
+    conn: Connection, *, tenant: str, payment_id: str, attempt_id: str, posting: str, recheck_in: float
+) -> None:
+    """A posting no automatic step can settle: shown to operators, checked again only rarely."""
+    await conn.execute(
+        """
+        WITH attempt AS (
+            UPDATE payment_attempts SET next_check = now() + make_interval(secs => $5) WHERE id = $3
+        )
+        UPDATE payments SET bill_posting = $4::jsonb WHERE id = $1 AND tenant = $2
+        """,
+        payment_id,
+        tenant,
+        attempt_id,
+        posting,
+        recheck_in,
+    )

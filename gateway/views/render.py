@@ -23,48 +23,44 @@ def _json(text: str | None) -> Any:
 
 
 def payment(row: Any) -> schemas.Payment:
-    risk = _json(row["risk"])
-    failure = (
-        schemas.Failure(row["failure_code"], row["failure_message"])
-        if row["failure_code"] is not None
-        else None
-    )
+    risk = _json(row.risk)
+    failure = schemas.Failure(row.failure_code, row.failure_message) if row.failure_code is not None else None
     return schemas.Payment(
-        id=row["id"],
-        status=row["status"],
-        amount=row["amount"],
-        currency=row["currency"],
-        amount_captured=row["amount_captured"],
-        amount_refunded=row["amount_refunded"],
-        capture_method=row["capture_method"],
-        payment_method=_json(row["payment_method"]),
-        customer=_json(row["customer"]),
+        id=row.id,
+        status=row.status,
+        amount=row.amount,
+        currency=row.currency,
+        amount_captured=row.amount_captured,
+        amount_refunded=row.amount_refunded,
+        capture_method=row.capture_method,
+        payment_method=_json(row.payment_method),
+        customer=_json(row.customer),
         risk=msgspec.convert(risk, schemas.Risk) if risk is not None else None,
-        next_action=_json(row["next_action"]),
-        bill_posting=_json(row["bill_posting"]),
-        connector=row["connector"],
-        connector_reference=row["connector_reference"],
+        next_action=_json(row.next_action),
+        bill_posting=_json(row.bill_posting),
+        connector=row.connector,
+        connector_reference=row.connector_reference,
         failure=failure,
-        description=row["description"],
-        metadata=_json(row["metadata"]),
-        created=timestamp(row["created"]),
-        updated=timestamp(row["updated"]),
-        destination=row["destination_account"],
+        description=row.description,
+        metadata=_json(row.metadata),
+        created=timestamp(row.created),
+        updated=timestamp(row.updated),
+        destination=row.destination_account,
     )
 
 
 def refund(row: Any) -> schemas.Refund:
-    failure = schemas.Failure(row["failure_code"]) if row["failure_code"] is not None else None
+    failure = schemas.Failure(row.failure_code) if row.failure_code is not None else None
     return schemas.Refund(
-        id=row["id"],
-        payment=row["payment_id"],
-        amount=row["amount"],
-        currency=row["currency"],
-        status=row["status"],
-        reason=row["reason"],
+        id=row.id,
+        payment=row.payment_id,
+        amount=row.amount,
+        currency=row.currency,
+        status=row.status,
+        reason=row.reason,
         failure=failure,
-        metadata=_json(row["metadata"]),
-        created=timestamp(row["created"]),
+        metadata=_json(row.metadata),
+        created=timestamp(row.created),
     )
 
 
