@@ -143,11 +143,12 @@ class BillPoster:
                 )
             )
         except ConnectorError as exc:
-            # Refused before anything was posted (bad params, window closed) is a rejection; no
-            # answer (or not one we can trust) is pending: the status inquiry settles it.
+            # Refused before anything was posted (bad params, window closed, unreachable) is a
+            # rejection: the money goes back. No answer (or none we can trust) is pending: the
+            # status inquiry settles it.
             result = (
                 BillPosting(Outcome.FAILED, code=exc.code, message=str(exc) or None)
-                if exc.outcome_known and not exc.retriable
+                if exc.outcome_known
                 else BillPosting(Outcome.PENDING)
             )
         return await self.finish(tenant, payment_id, attempt_id, result, caller)
