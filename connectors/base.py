@@ -10,13 +10,21 @@ inquiry can never create a second charge.
     ├── NoDues                         no         yes
     ├── AmountNotAllowed               no         yes
     ├── ServiceWindowClosed            yes        yes
-    ├── ConnectorUnavailable           yes        yes   could not reach it: no money moved
+    ├── ConnectorUnavailable           yes        yes   proven not sent: no money moved
     ├── SignatureError                 no         yes   callback/response signature invalid
     ├── DuplicateReference             no         yes
-    └── OutcomeUnknown                 yes        no    sent, no answer: money may have moved
+    └── OutcomeUnknown                 yes        no    (maybe) sent, no answer it can read:
+                                                          money may have moved
 
-Only errors with ``outcome_known`` may fall back to another connector; ``OutcomeUnknown`` leaves
-the payment ``processing`` until ``sync`` (or the connector's terminal policy) settles it.
+Only ``ConnectorUnavailable`` lets routing fall back to another connector (under a fresh attempt
+id), so raise it only for failures proven to have sent nothing: connection refused, DNS failure,
+TLS handshake failure, connect timeout, the circuit breaker refusing before any try reached the
+peer. Once the request was (possibly) written — a read timeout, a reset mid-answer, an unreadable
+body, any HTTP status the connector does not explicitly map (401, 404, 429, 204, 5xx, …) — it is
+``OutcomeUnknown``: the payment stays ``processing`` until ``sync`` (or the connector's terminal
+policy) settles it by the same reference. The other errors with ``outcome_known`` are definite
+answers (refusals the peer documents as "not accepted, nothing done", a bad signature): the call
+fails, with no fallback.
 """
 
 from __future__ import annotations

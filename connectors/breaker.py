@@ -4,8 +4,10 @@ closed ──N failures──► open ──reset timeout──► half_open ─
                          ▲                         │
                          └─────────failure─────────┘
 
-While open, calls fail fast with ConnectorUnavailable (no money can move), which lets routing
-fall back and keeps a dead processor from tying up every request until its timeout.
+While open, calls fail fast with ConnectorUnavailable (nothing is sent, no money can move), which
+lets routing fall back and keeps a dead processor from tying up every request until its timeout.
+A retry the open circuit blocks after an earlier try of the same call reached the peer is not
+"nothing sent": the outbound client (connectors.http) raises OutcomeUnknown for it instead.
 """
 
 from __future__ import annotations

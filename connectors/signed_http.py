@@ -21,14 +21,13 @@ from config.settings import ConfigError, ConnectorSettings, SandboxService, Sett
 from connectors.base import (
     CallbackNotice,
     ConnectorResult,
-    ConnectorUnavailable,
     DuplicateReference,
     InvalidParams,
     Outcome,
     OutcomeUnknown,
     SignatureError,
 )
-from connectors.http import HttpReply, OutboundClient
+from connectors.http import HttpReply, OutboundClient, unexpected_answer
 from crypto import signatures
 
 if TYPE_CHECKING:
@@ -274,13 +273,19 @@ class SignedCallbackConnector:
         return decode_reply(reply, model, self.name, operation)
 
     def _authorize_refused(self, reply: HttpReply, attempt_id: str, *, noun: str) -> NoReturn:
-        """Raise what an authorize the peer did not accept means (``noun``: "transfer", "order")."""
+        """Raise what an authorize answer other than an accepted one means (``noun``: "transfer", "order").
+
+        Only the refusals the peer documents as "not accepted, nothing done" are definite (400/422,
+        409). Anything else — 204, 401, 403, 404, 408, 429, … — came from a peer that got the request,
+        so the outcome is unknown: the payment waits for the status inquiry under this attempt id and
+        is never routed to another connector (which would charge it twice if this one acted).
+        """
         reason = error_reason(reply)
         if reply.status == 409:
             raise DuplicateReference(f"{self.name}: reference {attempt_id} names another {noun}")
         if reply.status in (400, 422):
             raise InvalidParams(f"{self.name}: {noun} refused ({reason})")
-        raise ConnectorUnavailable(f"{self.name}: HTTP {reply.status} on authorize ({reason})")
+        raise unexpected_answer(self.name, "authorize", reply, reason)
 
     async def _refund(
         self, path: str, *, attempt_id: str, amount: int, currency: str, refused_by: str
@@ -295,7 +300,10 @@ class SignedCallbackConnector:
             return refund_refused(reason, by=refused_by)
         if reply.status == 400:
             raise InvalidParams(f"{self.name}: refund refused ({reason})")
-        raise ConnectorUnavailable(f"{self.name}: HTTP {reply.status} on refund ({reason})")
+        # The refund may have been made: it stays pending with its amount held, never "failed"
+        # (which would free the amount for a second refund).
+        raise unexpected_answer(self.name, "refund", reply, reason)
 
     def _inquiry_failed(self, reply: HttpReply) -> NoReturn:
-        raise ConnectorUnavailable(f"{self.name}: HTTP {reply.status} on status inquiry")
+        """A status inquiry answered with a status that says nothing: still unknown, ask again later."""
+        raise unexpected_answer(self.name, "status inquiry", reply)

@@ -76,6 +76,10 @@ class EwalletConnector(SignedCallbackConnector):
             raise OrderAlreadyPaid(f"{self.name}: order {reference} is already paid ({reason})")
         if reply.status == 404:
             raise InvalidParams(f"{self.name}: no order {reference} at the wallet")
+        # Closing an order moves no money whatever the wallet did with it (an order closed anyway
+        # fails by the status inquiry; one still open can be paid or closed again), so the cancel
+        # is answered "retry" and the payment stays as it was. No fallback applies to a void. A 5xx
+        # or no answer is OutcomeUnknown from the outbound client, as for every call.
         raise ConnectorUnavailable(f"{self.name}: HTTP {reply.status} on void ({reason})")
 
     async def refund(self, *, attempt_id: str, reference: str, amount: int, currency: str) -> ConnectorResult:

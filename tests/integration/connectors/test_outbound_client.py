@@ -4,7 +4,7 @@ idempotent, and the per-connector circuit breaker opening under injected faults 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
@@ -16,12 +16,25 @@ from connectors.breaker import CircuitBreaker, CircuitState
 from connectors.http import OutboundClient
 from connectors.sandbox.common import FAULTS, HttpSimulator, serve_app, simulator_app
 from gateway.metrics import Metrics
+from tests.unit.connectors.peers import never_accepting
 
 CONFIG = ConnectorSettings(connect_timeout=0.5, read_timeout=0.5, breaker_failures=3, breaker_reset=0.3)
 
 
+VANISHING = web.AppKey("vanishing", dict)  # "server": the running simulator; "seen": request bodies
+
+
 async def ok(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
+
+
+async def answer_then_go_down(request: web.Request) -> web.Response:
+    """Read the request, stop listening (a retry is refused), answer 503 and close the connection."""
+    state = request.app[VANISHING]
+    state["seen"].append(await request.read())
+    for site in list(state["server"].runner.sites):
+        await site.stop()
+    return web.json_response({"error": "busy"}, status=503, headers={"Connection": "close"})
 
 
 @pytest.fixture
@@ -29,7 +42,10 @@ async def simulator() -> AsyncIterator[tuple[HttpSimulator, web.Application]]:
     app = simulator_app()
     app.router.add_get("/thing", ok)
     app.router.add_post("/thing", ok)
+    app.router.add_post("/vanish", answer_then_go_down)
+    app[VANISHING] = {"seen": []}
     running = await serve_app(app, "127.0.0.1", 0)
+    app[VANISHING]["server"] = running
     yield running, app
     await running.close()
 
@@ -90,6 +106,49 @@ async def test_nothing_listening_is_unavailable_not_unknown(client: tuple[Outbou
     http, _ = client
     with pytest.raises(ConnectorUnavailable):
         await http.request("gone", CONFIG, "pay", "POST", "http://127.0.0.1:9/x", json={}, idempotent=False)
+
+
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    with never_accepting() as port:
+        yield port
+
+
+async def test_connect_timeout_is_unavailable_not_unknown(
+    unanswered_port: int, client: tuple[OutboundClient, Metrics]
+) -> None:
+    # The connection never opened, so not a byte of the request went out: nothing can have moved.
+    http, metrics = client
+    with pytest.raises(ConnectorUnavailable, match="cannot connect"):
+        await http.request(
+            "slow", CONFIG, "pay", "POST", f"http://127.0.0.1:{unanswered_port}/x", json={}, idempotent=True
+        )
+    refused = metrics.registry.get_sample_value(
+        "payhub_connector_calls_total", {"connector": "slow", "operation": "pay", "outcome": "unavailable"}
+    )
+    assert refused == 2  # idempotent: retried, and the retry could not connect either
+
+
+async def test_a_retry_that_cannot_connect_after_a_try_reached_the_peer_is_unknown(
+    simulator: tuple[HttpSimulator, web.Application], client: tuple[OutboundClient, Metrics]
+) -> None:
+    running, app = simulator
+    http, _ = client
+    # The first try is answered 503 (it may have been done); the retry finds the port refused.
+    target = url(running).replace("/thing", "/vanish")
+    with pytest.raises(OutcomeUnknown):  # "cannot connect" on the retry says nothing about the first
+        await http.request("sim", CONFIG, "pay", "POST", target, json={"ref": "att_1"}, idempotent=True)
+    assert app[VANISHING]["seen"] == [b'{"ref": "att_1"}']  # the one try that got there
+
+
+async def test_a_dropped_connection_after_the_request_is_unknown(
+    simulator: tuple[HttpSimulator, web.Application], client: tuple[OutboundClient, Metrics]
+) -> None:
+    running, app = simulator
+    http, _ = client
+    app[FAULTS].drop_rate = 1.0  # the simulator read the request, then cut the connection
+    with pytest.raises(OutcomeUnknown):
+        await http.request("sim", CONFIG, "pay", "POST", url(running), json={}, idempotent=False)
 
 
 def test_half_open_allows_one_trial_at_a_time() -> None:

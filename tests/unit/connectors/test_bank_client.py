@@ -18,12 +18,20 @@ from aiohttp import web
 
 from config.settings import ConnectorSettings, SandboxSettings, ServerSettings, Settings
 from connectors.bank_transfer import BankTransferConnector
-from connectors.base import CallbackNotice, ConnectorUnavailable, DuplicateReference, InvalidParams, Outcome
+from connectors.base import (
+    CallbackNotice,
+    ConnectorUnavailable,
+    DuplicateReference,
+    InvalidParams,
+    Outcome,
+    OutcomeUnknown,
+)
 from connectors.base import PaymentRequest as Request
 from connectors.http import OutboundClient
 from connectors.registry import ConnectorDeps
 from connectors.sandbox.bank import BankSandbox
 from gateway.metrics import Metrics
+from tests.unit.connectors.peers import StubPeer
 
 SECRET = "whsec_unit_bank"
 
@@ -171,3 +179,103 @@ async def test_callback_url_defaults_to_the_gateway_listen_port() -> None:
         deps = ConnectorDeps(settings, OutboundClient(session, Metrics()), Metrics())
         connector = BankTransferConnector.create("bank_transfer", config, deps)
     assert connector.callback_url == "https://localhost:9443/v1/connectors/bank_transfer/callbacks"
+
+
+# ---- a peer that was reached never means "nothing happened" (issue 9) ---------------------------
+
+# Statuses the bank's API gives no "not accepted" meaning to: the transfer may exist.
+UNMAPPED = [204, 401, 403, 404, 408, 429, 500, 503]
+
+
+@pytest.fixture
+async def outbound() -> AsyncIterator[OutboundClient]:
+    async with aiohttp.ClientSession() as session:
+        yield OutboundClient(session, Metrics())
+
+
+def bank_at(endpoint: str, http: OutboundClient) -> BankTransferConnector:
+    config = ConnectorSettings(
+        secret=SECRET,
+        endpoint=endpoint,
+        options={"callback_base": "http://127.0.0.1:9"},
+        connect_timeout=0.3,
+        read_timeout=2.0,
+    )
+    return BankTransferConnector.create("bank_transfer", config, ConnectorDeps(Settings(), http, Metrics()))
+
+
+@pytest.mark.parametrize("status", UNMAPPED)
+async def test_an_unmapped_answer_to_authorize_is_unknown_not_unavailable(
+    stub_peer: StubPeer, outbound: OutboundClient, status: int
+) -> None:
+    stub_peer.status = status
+    with pytest.raises(OutcomeUnknown):  # never ConnectorUnavailable: that would route elsewhere
+        await bank_at(stub_peer.url, outbound).authorize(transfer("att_unmapped"))
+    assert [path for _, path, _ in stub_peer.seen][:1] == ["/transfers"]  # the bank did get it
+    assert b"att_unmapped" in stub_peer.seen[0][2]
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(400, InvalidParams), (422, InvalidParams), (409, DuplicateReference)]
+)
+async def test_documented_refusals_of_authorize_stay_definite(
+    stub_peer: StubPeer, outbound: OutboundClient, status: int, error: type[Exception]
+) -> None:
+    stub_peer.status = status
+    with pytest.raises(error):
+        await bank_at(stub_peer.url, outbound).authorize(transfer("att_refused"))
+
+
+@pytest.mark.parametrize("status", [204, 401, 403, 408, 429, 500, 503])
+async def test_an_unmapped_answer_to_refund_leaves_it_unknown(
+    stub_peer: StubPeer, outbound: OutboundClient, status: int
+) -> None:
+    # A "failed" refund frees the amount for another refund: only a documented refusal may do that.
+    stub_peer.status = status
+    with pytest.raises(OutcomeUnknown):
+        await bank_at(stub_peer.url, outbound).refund(
+            attempt_id="att_rf", reference="trf_1", amount=100, currency="CNY"
+        )
+
+
+@pytest.mark.parametrize("status", [404, 409, 422])
+async def test_documented_refund_refusals_stay_refusals(
+    stub_peer: StubPeer, outbound: OutboundClient, status: int
+) -> None:
+    stub_peer.status = status
+    refused = await bank_at(stub_peer.url, outbound).refund(
+        attempt_id="att_rf", reference="trf_1", amount=100, currency="CNY"
+    )
+    assert (refused.outcome, refused.decline_code) == (Outcome.FAILED, "refund_rejected")
+
+
+@pytest.mark.parametrize("status", [204, 401, 429, 503])
+async def test_an_unmapped_answer_to_a_status_inquiry_is_ask_again(
+    stub_peer: StubPeer, outbound: OutboundClient, status: int
+) -> None:
+    # The resolver asks again later on any connector error; never a definite answer from this.
+    stub_peer.status = status
+    with pytest.raises(OutcomeUnknown):
+        await bank_at(stub_peer.url, outbound).sync(attempt_id="att_s", operation="authorize")
+
+
+async def test_a_retry_refused_after_a_try_reached_the_bank_is_still_unknown(
+    stub_peer: StubPeer, outbound: OutboundClient
+) -> None:
+    # The first try got a 503 (the bank may have made the transfer); the retry finds the bank gone.
+    # "Cannot connect" on the retry proves nothing about the first try: still unknown.
+    stub_peer.status, stub_peer.vanish = 503, True
+    with pytest.raises(OutcomeUnknown):
+        await bank_at(stub_peer.url, outbound).authorize(transfer("att_gone"))
+    assert len(stub_peer.seen) == 1
+
+
+async def test_refused_connection_is_unavailable(closed_port: int, outbound: OutboundClient) -> None:
+    with pytest.raises(ConnectorUnavailable):
+        await bank_at(f"http://127.0.0.1:{closed_port}", outbound).authorize(transfer("att_refused_conn"))
+
+
+async def test_connect_timeout_is_unavailable(unanswered_port: int, outbound: OutboundClient) -> None:
+    # The connection never opened, so no byte of the request was written: nothing can have moved.
+    with pytest.raises(ConnectorUnavailable):
+        await bank_at(f"http://127.0.0.1:{unanswered_port}", outbound).authorize(transfer("att_ct"))

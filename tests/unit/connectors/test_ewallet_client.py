@@ -13,13 +13,22 @@ import pytest
 from aiohttp import web
 
 from config.settings import ConfigError, ConnectorSettings, SandboxSettings, ServerSettings, Settings
-from connectors.base import CallbackNotice, DuplicateReference, InvalidParams, Outcome, PaymentRequest
+from connectors.base import (
+    CallbackNotice,
+    ConnectorUnavailable,
+    DuplicateReference,
+    InvalidParams,
+    Outcome,
+    OutcomeUnknown,
+    PaymentRequest,
+)
 from connectors.ewallet import EwalletConnector
 from connectors.ewallet.client import OrderAlreadyPaid
 from connectors.http import OutboundClient
 from connectors.registry import ConnectorDeps
 from connectors.sandbox.ewallet import EwalletSandbox
 from gateway.metrics import Metrics
+from tests.unit.connectors.peers import StubPeer
 
 SECRET = "whsec_unit_wallet"
 
@@ -144,3 +153,78 @@ def test_a_secret_is_required() -> None:
     settings = Settings()
     with pytest.raises(ConfigError, match="secret"):
         EwalletConnector.create("ewallet", ConnectorSettings(), ConnectorDeps(settings, None, Metrics()))  # type: ignore[arg-type]
+
+
+# ---- a wallet that was reached never means "nothing happened" (issue 9) -------------------------
+
+# Statuses the wallet's API gives no "not accepted" meaning to: the order may exist.
+UNMAPPED = [204, 401, 403, 404, 408, 429, 500, 503]
+
+
+@pytest.fixture
+async def outbound() -> AsyncIterator[OutboundClient]:
+    async with aiohttp.ClientSession() as session:
+        yield OutboundClient(session, Metrics())
+
+
+def wallet_at(endpoint: str, http: OutboundClient) -> EwalletConnector:
+    config = ConnectorSettings(
+        secret=SECRET,
+        endpoint=endpoint,
+        options={"callback_base": "http://127.0.0.1:9"},
+        connect_timeout=0.3,
+        read_timeout=2.0,
+    )
+    return EwalletConnector.create("ewallet", config, ConnectorDeps(Settings(), http, Metrics()))
+
+
+@pytest.mark.parametrize("status", UNMAPPED)
+async def test_an_unmapped_answer_to_authorize_is_unknown_not_unavailable(
+    stub_peer: StubPeer, outbound: OutboundClient, status: int
+) -> None:
+    stub_peer.status = status
+    with pytest.raises(OutcomeUnknown):  # never ConnectorUnavailable: that would route elsewhere
+        await wallet_at(stub_peer.url, outbound).authorize(order("att_unmapped"))
+    assert [path for _, path, _ in stub_peer.seen][:1] == ["/orders"]  # the wallet did get it
+    assert b"att_unmapped" in stub_peer.seen[0][2]
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(400, InvalidParams), (422, InvalidParams), (409, DuplicateReference)]
+)
+async def test_documented_refusals_of_authorize_stay_definite(
+    stub_peer: StubPeer, outbound: OutboundClient, status: int, error: type[Exception]
+) -> None:
+    stub_peer.status = status
+    with pytest.raises(error):
+        await wallet_at(stub_peer.url, outbound).authorize(order("att_refused"))
+
+
+@pytest.mark.parametrize("status", [204, 401, 403, 408, 429, 500, 503])
+async def test_an_unmapped_answer_to_refund_leaves_it_unknown(
+    stub_peer: StubPeer, outbound: OutboundClient, status: int
+) -> None:
+    stub_peer.status = status
+    with pytest.raises(OutcomeUnknown):
+        await wallet_at(stub_peer.url, outbound).refund(
+            attempt_id="att_rf", reference="ord_1", amount=100, currency="CNY"
+        )
+
+
+async def test_a_retry_refused_after_a_try_reached_the_wallet_is_still_unknown(
+    stub_peer: StubPeer, outbound: OutboundClient
+) -> None:
+    stub_peer.status, stub_peer.vanish = 503, True
+    with pytest.raises(OutcomeUnknown):
+        await wallet_at(stub_peer.url, outbound).authorize(order("att_gone"))
+    assert len(stub_peer.seen) == 1
+
+
+async def test_refused_connection_is_unavailable(closed_port: int, outbound: OutboundClient) -> None:
+    with pytest.raises(ConnectorUnavailable):
+        await wallet_at(f"http://127.0.0.1:{closed_port}", outbound).authorize(order("att_refused_conn"))
+
+
+async def test_connect_timeout_is_unavailable(unanswered_port: int, outbound: OutboundClient) -> None:
+    with pytest.raises(ConnectorUnavailable):
+        await wallet_at(f"http://127.0.0.1:{unanswered_port}", outbound).authorize(order("att_ct"))
