@@ -231,18 +231,8 @@ class PaymentService:
                 idempotency_key=caller.keyed.key,
                 recovery_point=RECOVERY_ATTEMPT_CREATED,
             )
-        request = PaymentRequest(
-            attempt_id=attempt_id,
-            payment_id=payment_id,
-            tenant=tenant,
-            amount=amount,
-            currency=currency,
-            method=method.type,
-            capture=params.capture_method == "automatic",
-            card=prepared.card,
-            details=prepared.details,
-            customer=_customer_dict(params.customer),
-            description=params.description,
+        request = _payment_request(
+            tenant, payment_id, attempt_id, params, amount=amount, currency=currency, prepared=prepared
         )
         return await self._authorize(request, candidates, caller, has_bill=params.bill is not None)
 
@@ -261,18 +251,14 @@ class PaymentService:
             candidates = self._candidates(row.method)
             candidates = candidates[candidates.index(connector) :] if connector in candidates else [connector]
             prepared = await self._prepare(tenant, params.payment_method)
-            request = PaymentRequest(
-                attempt_id=attempt.id,
-                payment_id=payment_id,
-                tenant=tenant,
+            request = _payment_request(
+                tenant,
+                payment_id,
+                attempt.id,
+                params,
                 amount=row.amount,
                 currency=row.currency,
-                method=row.method,
-                capture=row.capture_method == "automatic",
-                card=prepared.card,
-                details=prepared.details,
-                customer=_customer_dict(params.customer),
-                description=row.description,
+                prepared=prepared,
             )
             return await self._authorize(request, candidates, caller, has_bill=row.biller is not None)
         if self.bills is not None and state_of(row.bill_posting) in (Posting.POSTING, Posting.PENDING):
@@ -727,6 +713,32 @@ class PaymentService:
         if decision.post_bill and self.bills is not None:
             await self.bills.post(attempt.tenant, attempt.payment_id)
         return True
+
+
+def _payment_request(
+    tenant: str,
+    payment_id: str,
+    attempt_id: str,
+    params: schemas.CreatePaymentRequest,
+    *,
+    amount: int,
+    currency: str,
+    prepared: PreparedMethod,
+) -> PaymentRequest:
+    """What the connector is asked, for a first run and for a resumed one alike."""
+    return PaymentRequest(
+        attempt_id=attempt_id,
+        payment_id=payment_id,
+        tenant=tenant,
+        amount=amount,
+        currency=currency,
+        method=params.payment_method.type,
+        capture=params.capture_method == "automatic",
+        card=prepared.card,
+        details=prepared.details,
+        customer=_customer_dict(params.customer),
+        description=params.description,
+    )
 
 
 def _bill_json(bill: schemas.BillInput | None) -> str | None:

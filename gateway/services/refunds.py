@@ -250,26 +250,16 @@ class RefundService:
             )
             return outcome or await self._answer_in(conn, tenant, refund_id, caller)
 
-    async def resolve(self, attempt: Any) -> bool:
-        """Status inquiry for a refund whose outcome was unknown; True when it became definite."""
-        connector = self._connectors.get(attempt.connector)
-        if connector is None or attempt.refund_id is None:
-            return False
-        try:
-            result = await connector.sync(attempt_id=attempt.id, operation="refund")
-        except ConnectorError:
-            return False
-        status, reference, failure = _refund_status(result.outcome, result.reference, result.decline_code)
-        if status == "pending":
-            return False
-        await self.settle(
-            attempt.tenant,
-            attempt.refund_id,
-            status=status,
-            reference=reference,
-            failure=failure or None,
-        )
-        return True
+    async def finish(self, tenant: str, refund_id: str) -> bool:
+        """The resolver's turn at a refund left pending: send it again (same attempt id); True once final.
+
+        Sent again rather than asked about: every processor de-duplicates a refund on its
+        reference and answers a repeat with its first answer, and not all of them answer inquiries.
+        """
+        await self.run(tenant, refund_id)
+        async with self._pool.acquire() as conn:
+            refund = await store.get_refund(conn, tenant=tenant, refund_id=refund_id)
+        return refund is not None and refund.status != "pending"
 
     async def _answer(self, tenant: str, refund_id: str, caller: Caller) -> Response:
         async with self._pool.acquire() as conn:

@@ -6,7 +6,8 @@ cancelled request leaves it there). Per operation:
 
     authorize            status inquiry (sync); a processor that never received it answers "failed"
     capture, void        pending/unknown: status inquiry; started: sent again, same attempt id
-    refund               pending/unknown: status inquiry; started: sent again, same attempt id
+    refund               sent again, same attempt id (processors de-duplicate refunds on it and
+                         answer a repeat with the first answer; not all answer refund inquiries)
     post_bill            unknown: the biller's status inquiry, then its terminal policy; started: sent again
     reverse_bill         sent again until the biller answers
 
@@ -99,12 +100,9 @@ class Resolver:
         if operation in ("post_bill", "reverse_bill"):
             return self._bills is not None and await self._bills.resolve(attempt)
         if operation == "refund":
-            if attempt.refund_id is None:
-                return False
-            if started:
-                await self._refunds.run(attempt.tenant, attempt.refund_id)
-                return True
-            return await self._refunds.resolve(attempt)
+            return attempt.refund_id is not None and await self._refunds.finish(
+                attempt.tenant, attempt.refund_id
+            )
         if started and operation in ("capture", "void"):
             async with self._pool.acquire() as conn:
                 row = await store.get_payment(conn, tenant=attempt.tenant, payment_id=attempt.payment_id)
