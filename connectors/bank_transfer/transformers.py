@@ -17,6 +17,7 @@ callback ``{reference, status, transfer_id}`` carries the ``Bank-Signature`` hea
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Mapping
@@ -70,6 +71,8 @@ class TransferNotice(msgspec.Struct, frozen=True):
     reference: str
     status: str
     transfer_id: str
+    amount: int | None = None  # what arrived: the core checks it against the attempt
+    currency: str | None = None
 
 
 def outcome_of(status: str) -> Outcome:
@@ -113,9 +116,10 @@ refund_refused: Final = functools.partial(signed_http.refund_refused, by=PEER)
 
 
 def _notice_result(notice: TransferNotice) -> ConnectorResult:
-    return transfer_result(
+    result = transfer_result(
         TransferReply(transfer_id=notice.transfer_id, reference=notice.reference, status=notice.status)
     )
+    return dataclasses.replace(result, amount_captured=notice.amount or 0, currency=notice.currency)
 
 
 NOTICE: Final = signed_http.SignedNotice(

@@ -17,6 +17,7 @@ POSTs a signed notify ``{order_id, reference, status, amount, currency, paid_at}
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Mapping
@@ -72,6 +73,8 @@ class OrderNotice(msgspec.Struct, frozen=True):
     order_id: str
     reference: str
     status: str
+    amount: int | None = None  # what the payer paid: the core checks it against the attempt
+    currency: str | None = None
 
 
 class CloseReply(msgspec.Struct, frozen=True):
@@ -136,7 +139,7 @@ def _notice_result(notice: OrderNotice) -> ConnectorResult:
         # A notify that the order is still unpaid says nothing new. As PENDING the core ignores it;
         # as REQUIRES_ACTION it could pull a payment that is being canceled back to requires_action.
         return ConnectorResult(Outcome.PENDING, notice.order_id, raw_code=notice.status)
-    return result
+    return dataclasses.replace(result, amount_captured=notice.amount or 0, currency=notice.currency)
 
 
 NOTICE: Final = signed_http.SignedNotice(

@@ -22,7 +22,8 @@ Test data, by the account number's last four digits (DESIGN §12):
     0009  settles and calls back TWICE with the same signed notice (duplicate-callback test data)
     else  settles after ``settle_after`` (1 s by default) and calls back once
 
-The callback is ``POST <callback_url>`` with the raw JSON body ``{reference, status, transfer_id}`` and
+The callback is ``POST <callback_url>`` with the raw JSON body ``{reference, status, transfer_id, amount,
+currency}`` and
 ``Bank-Signature: t=<unix>,v1=<HMAC-SHA256(secret, "<t>.<body>")>`` (crypto.signatures.sign_webhook),
 signed with ``[connectors.bank_transfer] secret``. It is retried on failure (0.5 s, 1 s, 2 s), like a
 bank would. The gateway's callback URL is HTTPS with mutual TLS: the simulator presents the client
@@ -134,7 +135,13 @@ class Transfer:
         }
 
     def notice(self, status: str | None = None) -> dict[str, Any]:
-        return {"reference": self.reference, "status": status or self.status, "transfer_id": self.transfer_id}
+        return {
+            "reference": self.reference,
+            "status": status or self.status,
+            "transfer_id": self.transfer_id,
+            "amount": self.amount,
+            "currency": self.currency,
+        }
 
     def same_request(self, params: TransferIn) -> bool:
         return (params.account_number, params.amount, params.currency) == (

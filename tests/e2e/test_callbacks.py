@@ -218,3 +218,34 @@ async def test_callbacks_need_a_client_certificate_at_the_handshake(stack: Stack
     async with api_client(pki, "globex", stack.gw.api_port) as globex:
         refused = await globex.request("POST", BANK_PATH, {"reference": "att_x"})
         assert (refused.status, refused.body["error"]["code"]) == (400, "signature_invalid")
+
+
+async def test_an_underpaid_or_other_currency_notice_settles_nothing(stack: Stack) -> None:
+    payment = await pending_transfer(stack)
+    attempt = await attempt_of(stack, payment["id"])
+    before = await state(stack, payment["id"])
+    transfer = payment["connector_reference"]
+    wrong = {
+        "underpaid": {"amount": 100, "currency": "CNY"},
+        "other currency": {"amount": 7700, "currency": "USD"},
+    }
+    for what, money in wrong.items():
+        body = msgspec.json.encode(
+            {"reference": attempt, "status": "settled", "transfer_id": transfer} | money
+        )
+        status, reply = await stack.post(BANK_PATH, body, signed(body))
+        assert (status, reply["error"]["code"]) == (400, "callback_mismatch"), what
+        assert await state(stack, payment["id"]) == before, what
+    right = msgspec.json.encode(
+        {
+            "reference": attempt,
+            "status": "settled",
+            "transfer_id": transfer,
+            "amount": 7700,
+            "currency": "CNY",
+        }
+    )
+    status, reply = await stack.post(BANK_PATH, right, signed(right))
+    assert (status, reply["applied"]) == (200, True)
+    settled = (await stack.acme.get(f"/v1/payments/{payment['id']}")).body
+    assert (settled["status"], settled["amount_captured"]) == ("succeeded", 7700)
