@@ -18,6 +18,7 @@ import asyncpg
 
 from connectors.base import BillerConnector, SettlementLine
 from gateway.ids import new_id
+from gateway.store import recon as store
 from gateway.store.types import Connection
 
 # A posting counts as done at the biller when the hub saw it succeed or still waits for it.
@@ -104,19 +105,9 @@ async def hub_postings(conn: Connection, biller: str, day: date, timezone: str =
     30 November, and its file lists exactly the postings of that local day.
     """
     start = datetime.combine(day, time.min, tzinfo=ZoneInfo(timezone)).astimezone(UTC)
-    rows = await conn.fetch(
-        """
-        SELECT a.id, a.payment_id, a.amount, a.status
-        FROM payment_attempts a
-        WHERE a.operation = 'post_bill' AND a.connector = $1 AND a.created >= $2 AND a.created < $3
-        """,
-        biller,
-        start,
-        start + timedelta(days=1),
-    )
+    postings = await store.postings_between(conn, biller=biller, start=start, end=start + timedelta(days=1))
     return {
-        row["id"]: {"payment_id": row["payment_id"], "amount": row["amount"], "status": row["status"]}
-        for row in rows
+        p.attempt_id: {"payment_id": p.payment_id, "amount": p.amount, "status": p.status} for p in postings
     }
 
 
@@ -127,44 +118,21 @@ async def reconcile(
     async with pool.acquire() as conn:
         hub = await hub_postings(conn, biller, day, timezone)
         result = classify(lines, hub, biller, day)
-        run_id = new_id("recon")
         async with conn.transaction():
-            await conn.execute(
-                """
-                INSERT INTO recon_runs (id, connector, biller, day, matched, mismatched, missing_at_hub,
-                                        missing_at_biller, biller_count, biller_total)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                """,
-                run_id,
-                connector.name,
-                biller,
-                day,
-                result.matched,
-                result.mismatched,
-                result.missing_at_hub,
-                result.missing_at_biller,
-                len(lines),
-                sum(line.amount for line in lines),
+            await store.record_run(
+                conn,
+                store.Run(
+                    id=new_id("recon"),
+                    connector=connector.name,
+                    biller=biller,
+                    day=day,
+                    matched=result.matched,
+                    mismatched=result.mismatched,
+                    missing_at_hub=result.missing_at_hub,
+                    missing_at_biller=result.missing_at_biller,
+                    biller_count=len(lines),
+                    biller_total=sum(line.amount for line in lines),
+                ),
+                items=result.items,
             )
-            if result.items:
-                await conn.executemany(
-                    """
-                    INSERT INTO recon_items (run_id, kind, serial, payment_id, hub_amount, biller_amount,
-                                             hub_status, biller_status)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                    """,
-                    [
-                        (
-                            run_id,
-                            i["kind"],
-                            i["serial"],
-                            i["payment_id"],
-                            i["hub_amount"],
-                            i["biller_amount"],
-                            i["hub_status"],
-                            i["biller_status"],
-                        )
-                        for i in result.items
-                    ],
-                )
     return result
