@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PAYHUB_HOME ?= $(CURDIR)/var
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test verify lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The model-based conservation checker's long profile (tests/model): hundreds of steps, >= 20 kill -9.
+verify: $(STAMP)
+	PAYHUB_MODEL_PROFILE=long $(BIN)/pytest -s tests/model $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
