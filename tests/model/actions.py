@@ -21,8 +21,9 @@ from tests.model.harness import Client, History, Loop, Operation, Sandbox, Stack
 T = TypeVar("T")
 
 IN_FLIGHT = (
-    "card", "card", "slow_card", "timeout_card", "bank", "refund", "refund", "refund", "topup_card",
-    "topup_bank", "bill_card", "bill_bank", "phone_card", "balance", "prepaid", "wallet",
+    "card", "card", "slow_card", "timeout_card", "bank", "refund", "refund", "refund_async",
+    "refund_async", "topup_card", "topup_bank", "bill_card", "bill_bank", "phone_card", "balance",
+    "prepaid", "wallet",
 )  # fmt: skip
 SLOW_IN_FLIGHT = ("slow_card", "timeout_card", "bill_late")  # still in flight whenever the kill comes
 
@@ -187,6 +188,7 @@ class Actions:
         then the wallet refuses to close a paid order and the hub must not cancel (409)."""
         note = self.notes[payment]
         if pay_first:
+            note.plan = "paid" if note.plan != "canceled" else note.plan
             self.pay_wallet(payment)
         op = self.call("cancel wallet", "POST", f"/v1/payments/{payment}/cancel", {})
         status, state, _ = self.outcome(op)
@@ -387,6 +389,12 @@ class Actions:
         if kind in ("card", "slow_card", "timeout_card"):
             number = {"card": rq.APPROVED, "slow_card": rq.SLOW, "timeout_card": rq.TIMEOUT}[kind]
             body, noted = rq.card(number, amount, self.customer()), "card"
+        elif kind == "refund_async":  # a bank or wallet payment's refund: slowed by ``latency``
+            asynchronous = [p for p, n in self.notes.items() if n.kind in ("bank", "wallet", "topup")]
+            target = self.rnd.choice(asynchronous) if asynchronous else payment
+            if target is not None:
+                path, noted = "/v1/refunds", ""
+                body = {"payment": target, "amount": max(1, self.notes[target].amount // 4)}
         elif kind == "refund" and payment is not None:
             path, noted = "/v1/refunds", ""
             body = {"payment": payment, "amount": max(1, self.notes[payment].amount // 4)}

@@ -629,6 +629,7 @@ class Figures:
     crashes: int = 0
     steps: int = 0
     cut: int = 0  # requests a kill -9 left without an answer (then retried)
+    rate_limited: int = 0  # 429 answers (retried a second later)
 
     @classmethod
     def of(cls, history: History, violations: Iterable[Violation], crashes: int, steps: int) -> Figures:
@@ -640,6 +641,7 @@ class Figures:
                 figures.acknowledged += 1
             figures.five_xx += sum(1 for t in op.tries if t.status is not None and t.status >= 500)
             figures.cut += int(any(t.status is None for t in op.tries))
+            figures.rate_limited += sum(1 for t in op.tries if t.status == 429)
         for v in violations:
             figures.duplicates += v.duplicates
             if v.invariant in (4, 5, 6):
@@ -660,26 +662,24 @@ class Figures:
         ]
         lines = [
             title,
-            f"  (steps {self.steps}, gateway kill -9 {self.crashes}, requests cut by a kill {self.cut})",
+            f"  (steps {self.steps}, gateway kill -9 {self.crashes}, requests cut by a kill {self.cut}, "
+            f"429 retried {self.rate_limited})",
         ]
         lines += [f"  {name:<14}{value:>10}" for name, value in rows]
         return "\n".join(lines)
 
 
-def report(violations: list[Violation], history: History, limit: int = 40) -> str:
-    """The violations, grouped by invariant, each with the requests that touched its objects."""
+def report(violations: list[Violation], history: History, per_invariant: int = 8) -> str:
+    """The violations, grouped by invariant (at most ``per_invariant`` shown for each), each with the
+    requests that touched its objects: a reproduction, in the order they were sent."""
     lines: list[str] = []
     by_invariant: dict[int, list[Violation]] = defaultdict(list)
     for v in violations:
         by_invariant[v.invariant].append(v)
-    docs = TITLES
-    shown = 0
     for number in sorted(by_invariant):
-        lines.append(f"{docs[number]}  [{len(by_invariant[number])} violation(s)]")
-        for v in by_invariant[number]:
-            shown += 1
-            if shown > limit:
-                continue
+        group = by_invariant[number]
+        lines.append(f"{TITLES[number]}  [{len(group)} violation(s)]")
+        for v in group[:per_invariant]:
             lines.append(f"  - {', '.join(v.objects)}: {v.message}")
             seen: set[int] = set()
             for object_id in v.objects:
@@ -687,6 +687,6 @@ def report(violations: list[Violation], history: History, limit: int = 40) -> st
                     if op.number not in seen and len(seen) < 10:
                         seen.add(op.number)
                         lines.append(f"      {op.summary()}")
-    if shown > limit:
-        lines.append(f"  … and {shown - limit} more")
+        if len(group) > per_invariant:
+            lines.append(f"  … and {len(group) - per_invariant} more like these")
     return "\n".join(lines)

@@ -5,7 +5,8 @@
 * :class:`Client` talks to the gateway over mutual TLS (the ``acme`` certificate). Every try of every
   request is recorded in :class:`History`; a request that got no answer (the gateway was down) or
   ``409 request_in_progress`` is retried with its same Idempotency-Key and the same body bytes until it
-  gets an answer.
+  gets an answer; so is ``429`` (rate limited: refused before any processing, retried after a second,
+  as a client app would).
 * :class:`Sandbox` reads the simulators' books (``GET /books``) and plays the wallet's payer.
 
 Everything is async on one event loop that the state machine owns (:class:`Loop`).
@@ -220,6 +221,11 @@ class Try:
             return None
 
     @property
+    def retry_later(self) -> bool:
+        """409 request_in_progress or 429: not an answer to the request, ask again."""
+        return self.in_progress or self.status == 429
+
+    @property
     def in_progress(self) -> bool:
         body = self.body
         return (
@@ -245,9 +251,9 @@ class Operation:
 
     @property
     def answer(self) -> Try | None:
-        """The definite answer: the last try answered other than 409 request_in_progress."""
+        """The definite answer: the last try answered other than 409 request_in_progress or 429."""
         for attempt in reversed(self.tries):
-            if attempt.status is not None and not attempt.in_progress:
+            if attempt.status is not None and not attempt.retry_later:
                 return attempt
         return None
 
@@ -448,7 +454,7 @@ class Client:
         return attempt
 
     async def settle(self, op: Operation, deadline: float = RETRY_DEADLINE) -> Operation:
-        """Retry (same key, same bytes) until an answer other than 409 request_in_progress."""
+        """Retry (same key, same bytes) until an answer other than 409 request_in_progress or 429."""
         started = time.monotonic()
         while op.answer is None:
             if op.tries and time.monotonic() - started > deadline:
@@ -459,7 +465,7 @@ class Client:
                 await self.reset()
             last = op.tries[-1] if op.tries else None
             if last is not None:
-                await asyncio.sleep(0.5 if last.in_progress else 0.2)
+                await asyncio.sleep(1.0 if last.status == 429 else 0.5 if last.in_progress else 0.2)
             await self.send(op)
         return op
 
