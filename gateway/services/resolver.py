@@ -18,6 +18,7 @@ number of gateway processes can run it without asking twice about the same attem
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ import asyncpg
 
 from connectors.base import ConnectorError
 from connectors.base import Outcome as ConnectorOutcome
+from gateway import errors
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.services.bills import BillPoster
@@ -107,7 +109,9 @@ class Resolver:
             async with self._pool.acquire() as conn:
                 row = await store.get_payment(conn, tenant=attempt.tenant, payment_id=attempt.payment_id)
             assert row is not None
-            await self._payments.send_again(row, attempt)
+            # A void the processor refuses puts the payment back where it was: settled too.
+            with contextlib.suppress(errors.Conflict):
+                await self._payments.send_again(row, attempt)
             return True
         connector = self._payments.connector(attempt.connector)
         if connector is None:
