@@ -300,17 +300,30 @@ class PaymentService:
                 break
         decision = collected_for_bill(decision, current=Status.NEW) if has_bill else decision
         async with self._pool.acquire() as conn, conn.transaction():
-            outcome = await self._settler.payment(
-                conn,
-                tenant,
-                payment_id,
-                attempt_id,
-                decision,
-                caller=Caller(caller.actor, caller.source, None) if decision.post_bill else caller,
-                action="payment.create",
-            )
+            outcome = await self._apply_create(conn, tenant, payment_id, attempt_id, decision, caller=caller)
+        return await self._post_if_collected(tenant, payment_id, decision, outcome, caller)
+
+    async def _apply_create(
+        self,
+        conn: Connection,
+        tenant: str,
+        payment_id: str,
+        attempt_id: str | None,
+        decision: Decision,
+        *,
+        caller: Caller,
+    ) -> Outcome:
+        """Phase 3 of a create; a bill payment's response is stored only after its posting."""
+        answering = caller.unkeyed() if decision.post_bill else caller
+        return await self._settler.payment(
+            conn, tenant, payment_id, attempt_id, decision, caller=answering, action="payment.create"
+        )
+
+    async def _post_if_collected(
+        self, tenant: str, payment_id: str, decision: Decision, outcome: Outcome, caller: Caller
+    ) -> Outcome:
         if decision.post_bill and self.bills is not None:
-            return await self.bills.post(tenant, payment_id, caller)  # the response is the one after posting
+            return await self.bills.post(tenant, payment_id, caller)
         return outcome
 
     async def _prepare(self, tenant: str, method: schemas.PaymentMethodInput) -> PreparedMethod:
@@ -466,18 +479,8 @@ class PaymentService:
                     point=RECOVERY_ATTEMPT_CREATED,
                     object_id=payment_id,
                 )
-            outcome = await self._settler.payment(
-                conn,
-                tenant,
-                payment_id,
-                None,
-                decision,
-                caller=Caller(caller.actor, caller.source, None) if decision.post_bill else caller,
-                action="payment.create",
-            )
-        if decision.post_bill and self.bills is not None:
-            return await self.bills.post(tenant, payment_id, caller)
-        return outcome
+            outcome = await self._apply_create(conn, tenant, payment_id, None, decision, caller=caller)
+        return await self._post_if_collected(tenant, payment_id, decision, outcome, caller)
 
     # ---- capture / cancel ------------------------------------------------------------------
 

@@ -45,6 +45,10 @@ class Caller:
     def key(self) -> str | None:
         return self.keyed.key if self.keyed else None
 
+    def unkeyed(self) -> Caller:
+        """The same caller, whose response is stored by a later step (e.g. after a bill's posting)."""
+        return Caller(self.actor, self.source, None)
+
 
 HUB = Caller()
 
