@@ -22,9 +22,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The model-based conservation checker's long profile (tests/model): hundreds of steps, >= 20 kill -9.
+# Long profiles: the model-based conservation checker (tests/model: hundreds of steps, >= 20 kill -9),
+# schemathesis over the whole API (tests/fuzz) and the attack matrix, which prints its figures table.
 verify: $(STAMP)
-	PAYHUB_MODEL_PROFILE=long $(BIN)/pytest -s tests/model $(PYTEST_ARGS)
+	PAYHUB_MODEL_PROFILE=long PAYHUB_FUZZ_PROFILE=long $(BIN)/pytest -s tests/model tests/fuzz tests/security $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
