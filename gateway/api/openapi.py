@@ -353,7 +353,9 @@ def build_document(version: str, operations: tuple[Operation, ...] = OPERATIONS)
         for struct in (op.request, op.response, op.list_of):
             if struct is not None and struct not in structs:
                 structs.append(struct)
-    ref_list, components = msgspec.json.schema_components(structs, ref_template=REF)
+    ref_list, components = msgspec.json.schema_components(
+        structs, ref_template=REF, schema_hook=schemas.schema_hook
+    )
     refs = dict(zip(structs, ref_list, strict=True))
     lists: dict[type, str] = {}
     for op in operations:
