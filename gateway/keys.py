@@ -9,6 +9,7 @@ from config.settings import Settings
 from connectors.registry import Connectors
 from gateway.identity import Identity
 from gateway.metrics import Metrics
+from gateway.reload import ConfigReloader
 from gateway.services.billers import BillerCatalog
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
@@ -17,6 +18,8 @@ from gateway.store.keyring import KeyringCache
 from gateway.tls import TlsContextHolder
 
 SETTINGS = web.AppKey("settings", Settings)
+# The settings as last reloaded (SIGHUP); the identity check reads its tenant table per request.
+CONFIG = web.AppKey("config", ConfigReloader)
 METRICS = web.AppKey("metrics", Metrics)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 TLS = web.AppKey("tls", TlsContextHolder)
@@ -33,6 +36,7 @@ IDENTITY = web.RequestKey("identity", Identity)
 
 __all__ = [
     "BILLERS",
+    "CONFIG",
     "CONNECTORS",
     "DB_POOL",
     "IDENTITY",

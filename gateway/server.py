@@ -19,8 +19,9 @@ from config.settings import ConfigError, Settings, split_hostport
 from connectors.sandbox.runner import start_sandbox
 from crypto.pki import PkiPaths
 from gateway.app import create_app, create_ops_app
-from gateway.keys import METRICS, TLS
+from gateway.keys import CONFIG, METRICS, TLS
 from gateway.logs import configure_logging, get_logger
+from gateway.reload import ConfigReloader
 from gateway.store.db import open_pool
 from gateway.tls import HandshakeLimits, MtlsSite
 from gateway.traffic import guarded_handler_factory
@@ -55,6 +56,11 @@ class RunningGateway:
         server = cast(asyncio.Server, self.ops_site._server)
         return int(server.sockets[0].getsockname()[1])
 
+    def reload(self) -> None:
+        """SIGHUP: certificates and CRL, then the config file (tenants); each keeps its old state if bad."""
+        self.api[TLS].reload(force=True)
+        self.api[CONFIG].reload()
+
     async def stop(self) -> None:
         for runner in self.runners:
             await runner.cleanup()
@@ -64,6 +70,7 @@ async def start_gateway(settings: Settings, *, reuse_port: bool = False) -> Runn
     """Migrate, open the pool and TLS material, and start both listeners."""
     check_pki(settings)
     api = create_app(settings)
+    api[CONFIG] = ConfigReloader(settings)
     inputs = settings.limits.input
     handler_kwargs: dict[str, Any] = {
         "access_log": None,  # the context middleware logs through structlog instead
@@ -129,7 +136,7 @@ def sandbox_forever(settings: Settings) -> None:
 
 
 async def serve(settings: Settings, *, reuse_port: bool = False, sandbox: bool = False) -> None:
-    """Serve until SIGINT/SIGTERM. SIGHUP reloads certificates and the CRL at once."""
+    """Serve until SIGINT/SIGTERM. SIGHUP reloads certificates, the CRL and the tenants at once."""
     simulators = await start_sandbox(settings) if sandbox else None
     try:
         await _serve(settings, reuse_port=reuse_port)
@@ -149,7 +156,7 @@ async def _serve(settings: Settings, *, reuse_port: bool) -> None:
         )
         if settings.server.dev_mode:
             print_try_me(settings, gateway.api_port)
-        await _wait_for_stop(lambda: gateway.api[TLS].reload(force=True))
+        await _wait_for_stop(gateway.reload)
         log.info("gateway.stopping")
     finally:
         await gateway.stop()

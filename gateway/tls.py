@@ -6,7 +6,8 @@ handshakes and binds one SSLContext for the server's lifetime. Accepting sockets
 and calling ``loop.connect_accepted_socket(ssl=...)`` per connection gives all three: every
 failure surfaces as an exception and is counted by reason, a semaphore bounds handshakes in
 progress, and each handshake uses the *current* context, so a rewritten CRL or certificate
-applies to new connections at once while open connections carry on undisturbed.
+applies to new connections at once. Connections opened before a revocation are refused per
+request: the holder also keeps the CRL's revoked serials, which the identity middleware checks.
 (``start_tls`` on an accepted transport is not usable: uvloop starts reading before the
 protocol can be swapped, so the ClientHello could be lost.)
 """
@@ -20,8 +21,11 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from crypto.pki import PkiPaths
 from gateway.logs import get_logger
@@ -49,6 +53,15 @@ def build_server_context(pki: PkiPaths) -> ssl.SSLContext:
     return ctx
 
 
+def load_revoked_serials(pki: PkiPaths) -> frozenset[int]:
+    """The serials on the CRL, which must be signed by the CA (else ValueError, as for a bad file)."""
+    crl = x509.load_pem_x509_crl(pki.crl.read_bytes())
+    issuer = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes()).public_key()
+    if not crl.is_signature_valid(cast(CertificateIssuerPublicKeyTypes, issuer)):
+        raise ValueError(f"{pki.crl} is not signed by {pki.ca_cert}")
+    return frozenset(revoked.serial_number for revoked in crl)
+
+
 def _stamp(paths: tuple[Path, ...]) -> tuple[tuple[int, int], ...]:
     stamps = []
     for path in paths:
@@ -62,7 +75,7 @@ def _stamp(paths: tuple[Path, ...]) -> tuple[tuple[int, int], ...]:
 
 
 class TlsContextHolder:
-    """Holds the current server context and rebuilds it when the PKI files change."""
+    """Holds the current server context and revoked serials; rebuilds both when the PKI files change."""
 
     def __init__(self, pki: PkiPaths, metrics: Metrics) -> None:
         self._pki = pki
@@ -70,6 +83,7 @@ class TlsContextHolder:
         self._files = (pki.ca_cert, pki.crl, pki.server_cert, pki.server_key)
         self._stamp = _stamp(self._files)
         self.context = build_server_context(pki)
+        self.revoked = load_revoked_serials(pki)
 
     def reload(self, *, force: bool = False) -> bool:
         """Rebuild if a file changed (or when forced); keep the old context if the new files are bad."""
@@ -78,6 +92,7 @@ class TlsContextHolder:
             return False
         try:
             context = build_server_context(self._pki)
+            revoked = load_revoked_serials(self._pki)
         except (ssl.SSLError, OSError, ValueError) as exc:
             # A half-rotated set of files must not take the listener down: keep serving with the old one.
             self._metrics.tls_reloads.labels(outcome="error").inc()
@@ -85,9 +100,10 @@ class TlsContextHolder:
                 "tls.reload_failed", error=type(exc).__name__, detail=str(exc)
             )
             return False
-        self.context, self._stamp = context, stamp
+        # One assignment each, no await between: a request sees the old pair or the new one.
+        self.context, self.revoked, self._stamp = context, revoked, stamp
         self._metrics.tls_reloads.labels(outcome="ok").inc()
-        log.info("tls.reloaded")
+        log.info("tls.reloaded", revoked=len(revoked))
         return True
 
     async def watch(self, interval: float) -> None:

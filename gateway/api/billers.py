@@ -11,6 +11,7 @@ from connectors.base import Bill, BillerInfo
 from gateway import errors
 from gateway.api.common import json_response, read_json
 from gateway.api.lists import page_params, render_list
+from gateway.api.routes import CLIENT, CLIENT_OR_OPERATOR, add
 from gateway.keys import BILLERS
 from gateway.middlewares import require_identity
 from gateway.services.billers import CATEGORIES
@@ -91,6 +92,7 @@ async def fetch_bills(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/v1/billers", list_billers)
-    app.router.add_get("/v1/billers/{id}", get_biller)
-    app.router.add_post("/v1/bills/fetch", fetch_bills)
+    # The catalog holds no customer data and operators read it in reviews; a bill fetch does.
+    add(app, "GET", "/v1/billers", list_billers, roles=CLIENT_OR_OPERATOR)
+    add(app, "GET", "/v1/billers/{id}", get_biller, roles=CLIENT_OR_OPERATOR)
+    add(app, "POST", "/v1/bills/fetch", fetch_bills, roles=CLIENT)

@@ -19,6 +19,7 @@ from aiohttp import web
 from connectors.base import ConnectorError, SignatureError
 from gateway import errors
 from gateway.api.common import json_response
+from gateway.api.routes import CONNECTOR, add
 from gateway.keys import CONNECTORS, PAYMENTS
 from gateway.logs import get_logger
 from gateway.services.payments import CallbackMismatch
@@ -76,4 +77,4 @@ async def post_callback(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post(PATH, post_callback)
+    add(app, "POST", PATH, post_callback, roles=CONNECTOR)

@@ -22,6 +22,7 @@ from gateway.api.events import MAX_OBJECT_ID_LENGTH, MAX_TYPE_LENGTH
 from gateway.api.lists import DEFAULT_LIMIT, MAX_LIMIT
 from gateway.api.payments import METHODS, STATUSES
 from gateway.api.ping import PingRequest, PingResponse
+from gateway.api.routes import CLIENT_OR_OPERATOR, add
 from gateway.services.idempotent import MAX_KEY_LENGTH
 from gateway.views import schemas
 
@@ -435,4 +436,4 @@ def setup(app: web.Application) -> None:
     async def get_openapi(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")
 
-    app.router.add_get(PATH, get_openapi)
+    add(app, "GET", PATH, get_openapi, roles=CLIENT_OR_OPERATOR)

@@ -8,6 +8,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.api.common import json_response, read_json
+from gateway.api.routes import CLIENT_OR_OPERATOR, add
 from gateway.logs import get_logger
 from gateway.middlewares import require_identity
 
@@ -39,5 +40,5 @@ async def post_ping(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/v1/ping", get_ping)
-    app.router.add_post("/v1/ping", post_ping)
+    add(app, "GET", "/v1/ping", get_ping, roles=CLIENT_OR_OPERATOR)
+    add(app, "POST", "/v1/ping", post_ping, roles=CLIENT_OR_OPERATOR)

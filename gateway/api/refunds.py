@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway import errors
 from gateway.api.common import json_response, read_json
 from gateway.api.payments import keyed_request, outcome_response
+from gateway.api.routes import CLIENT, add
 from gateway.keys import DB_POOL, REFUNDS
 from gateway.middlewares import require_identity
 from gateway.store import payments as store
@@ -32,5 +33,5 @@ async def get_refund(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/refunds", create_refund)
-    app.router.add_get("/v1/refunds/{id}", get_refund)
+    add(app, "POST", "/v1/refunds", create_refund, roles=CLIENT)
+    add(app, "GET", "/v1/refunds/{id}", get_refund, roles=CLIENT)

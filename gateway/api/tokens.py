@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.api.common import json_response, read_json
+from gateway.api.routes import CLIENT, add
 from gateway.audit import record as audit
 from gateway.keys import DB_POOL, KEYRING
 from gateway.middlewares import require_identity
@@ -62,4 +63,4 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/tokens", create_token)
+    add(app, "POST", "/v1/tokens", create_token, roles=CLIENT)

@@ -1,4 +1,5 @@
-"""The client API over real mTLS sockets: identity, the refusal matrix, CRL hot reload, error shape."""
+"""The client API over real mTLS sockets: identity, the refusal matrix, CRL hot reload (open connections
+included), error shape."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
 from crypto.pki import PkiPaths, init_pki, issue_client, revoke_client
+from tests.support.keepalive import keepalive
 from tests.support.mtls import client, client_context, gateway
 
 
@@ -71,12 +73,11 @@ async def test_revoked_certificate_is_refused_after_hot_reload(settings: Setting
     issue_client(pki, "acme-laptop", tenant="acme", role="client")
     async with gateway(settings) as gw:
         url = f"https://localhost:{gw.api_port}/v1/ping"
-        async with client(pki, "acme-laptop") as keepalive:
-            async with keepalive.get(url) as resp:
-                assert resp.status == 200
+        ctx = client_context(pki, "acme-laptop")
+        async with keepalive(gw.api_port, ctx) as open_before:
+            assert (await open_before.get("/v1/ping")).status == 200
             revoke_client(pki, "acme-laptop")
             # New connections are refused within the reload interval (0.2 s here, ≤ 5 s by contract)...
-            ctx = client_context(pki, "acme-laptop")
             for _ in range(50):
                 try:
                     async with (
@@ -89,14 +90,19 @@ async def test_revoked_certificate_is_refused_after_hot_reload(settings: Setting
                 await asyncio.sleep(0.1)
             else:
                 pytest.fail("revoked certificate still accepted 5 s after the CRL changed")
-            # ...while the connection opened before the reload is not dropped.
-            async with keepalive.get(url) as resp:
-                assert resp.status == 200
+            # ...and so is the next request on the connection opened before the reload, which is then closed.
+            reply = await open_before.get("/v1/ping")
+            assert reply.status == 403
+            assert reply.body["error"]["type"] == "authentication_error"
+            assert "revoked" in reply.body["error"]["message"]
+            assert reply.headers["connection"] == "close"
+            assert await open_before.closed_by_server()
         # Others are still accepted on new connections.
         async with client(pki, "globex") as session, session.get(url) as resp:
             assert resp.status == 200
         text = await scrape(gw.ops_port)
         assert metric(text, "payhub_tls_reloads_total", outcome="ok") >= 1
+        assert metric(text, "payhub_authentication_failures_total") == 1
 
 
 @pytest.mark.parametrize(
