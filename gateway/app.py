@@ -16,6 +16,7 @@ from crypto.keyring import load_kek
 from crypto.pki import PkiPaths
 from gateway import VERSION, ops
 from gateway.api import accounts, billers, callbacks, events, openapi, payments, ping, refunds, tokens
+from gateway.api.screen import screen_middleware
 from gateway.keys import (
     BILLERS,
     CONNECTORS,
@@ -126,7 +127,14 @@ async def _tls(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
     """The client API. Resources (pool, TLS material, background loops) live in cleanup_ctx."""
     app = web.Application(
-        middlewares=[context_middleware, error_middleware, identity_middleware, traffic_middleware],
+        # The screen runs last: refused input still counts against the caller's rate limits.
+        middlewares=[
+            context_middleware,
+            error_middleware,
+            identity_middleware,
+            traffic_middleware,
+            screen_middleware,
+        ],
         client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings

@@ -7,12 +7,11 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.api.common import json_response, read_json
-from gateway.api.lists import page_params, render_list
+from gateway.api.lists import entry_number, page_params, render_list, unknown_cursor
 from gateway.api.payments import keyed_request, outcome_response
-from gateway.api.routes import CLIENT, add
 from gateway.keys import DB_POOL, PAYMENTS
 from gateway.middlewares import require_identity
-from gateway.services.inputs import money
+from gateway.services.inputs import metadata_text, money, refuse_card_numbers
 from gateway.store import ledger
 from gateway.views import schemas
 from gateway.views.render import timestamp
@@ -47,6 +46,7 @@ async def create_account(request: web.Request) -> web.Response:
     identity = require_identity(request)
     params = await read_json(request, schemas.CreateAccountRequest)
     _, currency = money(1, params.currency)
+    refuse_card_numbers({"customer": params.customer} | metadata_text(params.metadata))
     async with request.app[DB_POOL].acquire() as conn:
         account = await ledger.create_customer_account(
             conn,
@@ -72,25 +72,21 @@ async def get_account(request: web.Request) -> web.Response:
     return json_response(render_account(await _account(request)))
 
 
-def _entry_cursor(value: str | None, param: str) -> int | None:
-    if value is None:
-        return None
-    number = value.removeprefix("le_")
-    if not number.isdigit():
-        raise errors.NotFound(f"No such ledger entry: '{value}'.", param=param)
-    return int(number)
-
-
 async def list_entries(request: web.Request) -> web.Response:
     account = await _account(request)
     page = page_params(request)
+    number = None
     async with request.app[DB_POOL].acquire() as conn:
+        if page.cursor is not None:
+            number = entry_number(page.cursor)
+            if not await ledger.entry_exists(conn, account_id=account.id, entry_id=number):
+                raise unknown_cursor("ledger entry", page.cursor)
         entries = await ledger.list_entries(
             conn,
             account_id=account.id,
             limit=page.limit + 1,
-            before_id=_entry_cursor(page.starting_after, "starting_after"),
-            after_id=_entry_cursor(page.ending_before, "ending_before"),
+            before_id=number if page.starting_after else None,
+            after_id=number if page.ending_before else None,
         )
     has_more = len(entries) > page.limit
     # Both queries return newest first; the surplus row is the one furthest from the cursor.
@@ -109,7 +105,7 @@ async def create_topup(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    add(app, "POST", "/v1/accounts", create_account, roles=CLIENT)
-    add(app, "GET", "/v1/accounts/{id}", get_account, roles=CLIENT)
-    add(app, "GET", "/v1/accounts/{id}/entries", list_entries, roles=CLIENT)
-    add(app, "POST", "/v1/accounts/{id}/topups", create_topup, roles=CLIENT)
+    app.router.add_post("/v1/accounts", create_account)
+    app.router.add_get("/v1/accounts/{id}", get_account)
+    app.router.add_get("/v1/accounts/{id}/entries", list_entries)
+    app.router.add_post("/v1/accounts/{id}/topups", create_topup)

@@ -9,8 +9,7 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.api.common import json_response
-from gateway.api.lists import page_params, render_list
-from gateway.api.routes import CLIENT, add
+from gateway.api.lists import page_params, render_list, unknown_cursor
 from gateway.keys import DB_POOL
 from gateway.middlewares import require_identity
 from gateway.store import events as store
@@ -56,7 +55,6 @@ async def list_events(request: web.Request) -> web.Response:
         type=_text(request, "type", MAX_TYPE_LENGTH),
         object_id=_text(request, "object", MAX_OBJECT_ID_LENGTH),
     )
-    cursor = page.starting_after or page.ending_before
     async with request.app[DB_POOL].acquire() as conn:
         rows, has_more = await store.list_events(
             conn,
@@ -68,15 +66,14 @@ async def list_events(request: web.Request) -> web.Response:
         )
         # An empty page is either the end of the list or a cursor that is not the caller's.
         if (
-            cursor is not None
+            page.cursor is not None
             and not rows
-            and not await store.event_exists(conn, tenant=identity.tenant, event_id=cursor)
+            and not await store.event_exists(conn, tenant=identity.tenant, event_id=page.cursor[1])
         ):
-            param = "starting_after" if page.starting_after else "ending_before"
-            raise errors.NotFound(f"No such event: '{cursor}'.", param=param)
+            raise unknown_cursor("event", page.cursor)
     return render_list([render_event(row) for row in rows], has_more, "/v1/events")
 
 
 def setup(app: web.Application) -> None:
-    add(app, "GET", "/v1/events", list_events, roles=CLIENT)
-    add(app, "GET", "/v1/events/{id}", get_event, roles=CLIENT)
+    app.router.add_get("/v1/events", list_events)
+    app.router.add_get("/v1/events/{id}", get_event)

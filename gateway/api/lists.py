@@ -23,6 +23,15 @@ class Page:
     starting_after: str | None
     ending_before: str | None
 
+    @property
+    def cursor(self) -> tuple[str, str] | None:
+        """(param, id) of the cursor given, if any; every list answers 404 when it is unknown."""
+        if self.starting_after:
+            return "starting_after", self.starting_after
+        if self.ending_before:
+            return "ending_before", self.ending_before
+        return None
+
 
 def page_params(request: web.Request) -> Page:
     raw = request.query.get("limit", str(DEFAULT_LIMIT))
@@ -34,6 +43,29 @@ def page_params(request: web.Request) -> Page:
     if starting_after and ending_before:
         raise errors.InvalidRequest("Use starting_after or ending_before, not both.", param="ending_before")
     return Page(int(raw), starting_after, ending_before)
+
+
+def unknown_cursor(what: str, cursor: tuple[str, str]) -> errors.NotFound:
+    param, value = cursor
+    return errors.NotFound(f"No such {what}: '{value}'.", param=param)
+
+
+# Ledger entry ids are bigints shown as "le_<n>". ASCII digits only (the screen already refused
+# "le_²"); a number past PostgreSQL's bigint is out of range rather than unknown.
+_ENTRY_ID = re.compile(r"le_([0-9]+)")
+MAX_BIGINT = 2**63 - 1
+
+
+def entry_number(cursor: tuple[str, str]) -> int:
+    """The number in an entries cursor; 400 when out of range, 404 when it is no entry id at all."""
+    param, value = cursor
+    match = _ENTRY_ID.fullmatch(value)
+    if match is None:
+        raise unknown_cursor("ledger entry", cursor)
+    number = match[1]
+    if len(number) > len(str(MAX_BIGINT)) or int(number) > MAX_BIGINT:
+        raise errors.InvalidRequest(f"{param} is out of range.", param=param)
+    return int(number)
 
 
 def render_list(data: Sequence[Any], has_more: bool, url: str) -> web.Response:

@@ -9,8 +9,7 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.api.common import json_response, read_json
-from gateway.api.lists import page_params, render_list
-from gateway.api.routes import CLIENT, add
+from gateway.api.lists import page_params, render_list, unknown_cursor
 from gateway.keys import DB_POOL, PAYMENTS
 from gateway.middlewares import require_identity
 from gateway.services.idempotent import KeyedRequest, Outcome, require_key
@@ -133,12 +132,10 @@ async def list_payments(request: web.Request) -> web.Response:
         amount_lte=_int(request, "amount_lte"),
     )
     async with request.app[DB_POOL].acquire() as conn:
-        cursor = page.starting_after or page.ending_before
-        if cursor is not None and not await store.cursor_exists(
-            conn, tenant=identity.tenant, payment_id=cursor
+        if page.cursor is not None and not await store.cursor_exists(
+            conn, tenant=identity.tenant, payment_id=page.cursor[1]
         ):
-            param = "starting_after" if page.starting_after else "ending_before"
-            raise errors.NotFound(f"No such payment: '{cursor}'.", param=param)
+            raise unknown_cursor("payment", page.cursor)
         rows, has_more = await store.list_payments(
             conn,
             tenant=identity.tenant,
@@ -151,8 +148,8 @@ async def list_payments(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    add(app, "POST", "/v1/payments", create_payment, roles=CLIENT)
-    add(app, "GET", "/v1/payments", list_payments, roles=CLIENT)
-    add(app, "GET", "/v1/payments/{id}", get_payment, roles=CLIENT)
-    add(app, "POST", "/v1/payments/{id}/capture", capture_payment, roles=CLIENT)
-    add(app, "POST", "/v1/payments/{id}/cancel", cancel_payment, roles=CLIENT)
+    app.router.add_post("/v1/payments", create_payment)
+    app.router.add_get("/v1/payments", list_payments)
+    app.router.add_get("/v1/payments/{id}", get_payment)
+    app.router.add_post("/v1/payments/{id}/capture", capture_payment)
+    app.router.add_post("/v1/payments/{id}/cancel", cancel_payment)

@@ -83,14 +83,14 @@ async def run_idempotent(
         )
     try:
         return await work(claim)
-    except errors.ApiError as exc:
-        # Refused before anything moved (validation, not found): not stored, so a fixed retry can pass.
-        if exc.status < 500:
-            async with pool.acquire() as conn:
-                await idempotency.release(conn, tenant=request.tenant, key=request.key)
-        raise
-    except BaseException:
-        # Crashed mid-way: keep the recovery point, drop the lock so a retry resumes safely.
+    except BaseException as exc:
         async with pool.acquire() as conn:
-            await idempotency.unlock(conn, tenant=request.tenant, key=request.key)
+            if isinstance(exc, errors.ApiError) and exc.status < 500:
+                # Refused before anything moved (validation, not found): not stored, a fixed retry passes.
+                await idempotency.release(conn, tenant=request.tenant, key=request.key)
+            else:
+                # The hub failed: no 5xx is stored as the key's answer. Before any recovery point the
+                # key is released (a corrected body may use it); after one, a retry of the same request
+                # resumes the same attempt ids.
+                await idempotency.abandon(conn, tenant=request.tenant, key=request.key)
         raise

@@ -36,7 +36,14 @@ from gateway.ids import new_id
 from gateway.logs import get_logger
 from gateway.services.bills import BillPoster, collected_for_bill
 from gateway.services.idempotent import KeyedRequest, Outcome, run_idempotent
-from gateway.services.inputs import PreparedMethod, free_text, method_block, money, refuse_card_numbers
+from gateway.services.inputs import (
+    PreparedMethod,
+    check_customer,
+    free_text,
+    method_block,
+    money,
+    refuse_card_numbers,
+)
 from gateway.services.outcomes import Decision, after_authorize, after_capture, after_error, after_void
 from gateway.services.settle import HUB, Caller, Settler, book
 from gateway.store import idempotency, ledger
@@ -101,6 +108,7 @@ class PaymentService:
     ) -> Outcome:
         amount, currency = money(params.amount, params.currency)
         method_block(params.payment_method)  # refuse a missing method block before claiming the key
+        check_customer(params.customer)
         refuse_card_numbers(free_text(params))
         caller = Caller(identity, source, keyed)
 
@@ -149,7 +157,7 @@ class PaymentService:
                 "A top-up is funded by a card or a bank transfer.", param="payment_method.type"
             )
         method_block(params.payment_method)
-        refuse_card_numbers({"description": params.description})
+        refuse_card_numbers(free_text(params))
         async with self._pool.acquire() as conn:
             account = await ledger.get_customer_account(conn, tenant=identity.tenant, account_id=account_id)
         if account is None:

@@ -28,7 +28,7 @@ from gateway.identity import Identity
 from gateway.ids import new_id
 from gateway.services.idempotent import KeyedRequest, run_idempotent
 from gateway.services.idempotent import Outcome as Response
-from gateway.services.inputs import refuse_card_numbers
+from gateway.services.inputs import metadata_text, refuse_card_numbers
 from gateway.services.settle import HUB, Caller, Settler, book, funding_of
 from gateway.store import idempotency, ledger
 from gateway.store import payments as store
@@ -55,7 +55,7 @@ class RefundService:
                 check_amount(params.amount)
             except MoneyError as exc:
                 raise errors.InvalidRequest(str(exc), param="amount") from exc
-        refuse_card_numbers({f"metadata.{k}": f"{k} {v}" for k, v in params.metadata.items()})
+        refuse_card_numbers(metadata_text(params.metadata))
         caller = Caller(identity, source, keyed)
 
         async def work(claim: Claimed) -> Response:

@@ -115,12 +115,18 @@ async def release(conn: Connection, *, tenant: str, key: str) -> None:
     )
 
 
-async def unlock(conn: Connection, *, tenant: str, key: str) -> None:
-    """Give up the lock after an unexpected error; a retry resumes from the recovery point."""
+async def abandon(conn: Connection, *, tenant: str, key: str) -> None:
+    """After an unexpected error in the hub. Nothing recorded yet (still ``started``): the key is
+    forgotten, so a corrected request may use it. Otherwise an attempt may have reached a connector:
+    only the lock goes, and a retry of the same request resumes from the recovery point."""
     await conn.execute(
         """
+        WITH forgotten AS (
+            DELETE FROM idempotency_keys
+            WHERE tenant = $1 AND key = $2 AND response_status IS NULL AND recovery_point = 'started'
+        )
         UPDATE idempotency_keys SET locked_until = NULL
-        WHERE tenant = $1 AND key = $2 AND response_status IS NULL
+        WHERE tenant = $1 AND key = $2 AND response_status IS NULL AND recovery_point <> 'started'
         """,
         tenant,
         key,

@@ -219,6 +219,16 @@ async def list_entries(
     return [Entry(*row) for row in rows]
 
 
+async def entry_exists(conn: Connection, *, account_id: str, entry_id: int) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM ledger_entries WHERE account_id = $1 AND id = $2)",
+            account_id,
+            entry_id,
+        )
+    )
+
+
 async def has_transaction(conn: Connection, *, payment_id: str, kind: str) -> bool:
     return bool(
         await conn.fetchval(

@@ -3,17 +3,63 @@ OpenAPI document is generated from them, so the two cannot drift apart."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
+from gateway.domain.money import MAX_AMOUNT
+
+# C0 controls and DEL: refused in every string (gateway/api/screen.py), stated as a pattern here.
+CONTROL_CHARS = r"\x00-\x1f\x7f"
+NO_CONTROLS = f"^[^{CONTROL_CHARS}]*$"
+
+
+class MinorUnits(int):
+    """An amount in minor units as decoded from JSON by ``decode_hook``: an integral number in
+    DESIGN's range, however it is spelled (``100``, ``100.0`` and ``1e2`` are one integer, as in
+    JSON Schema). ``screen_body`` turns it into a plain ``int``, so no encoder meets this type."""
+
+
+def decode_hook(kind: type, value: Any) -> Any:
+    if kind is not MinorUnits:
+        raise NotImplementedError
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("Expected an integer amount in minor units")
+    if not 1 <= value <= MAX_AMOUNT:
+        raise ValueError(f"Expected an amount between 1 and {MAX_AMOUNT}")
+    return MinorUnits(value)
+
+
+def schema_hook(kind: type) -> dict[str, Any]:
+    """JSON Schema for the custom types above (passed to ``msgspec.json.schema_components``)."""
+    if kind is MinorUnits:
+        return {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_AMOUNT,
+            "description": "Minor units of the currency (cents, fen; yen have none).",
+        }
+    raise NotImplementedError
+
+
 Id = Annotated[str, Meta(min_length=4, max_length=64, pattern=r"^[a-z]+_[A-Za-z0-9]+$")]
 Currency = Annotated[str, Meta(min_length=3, max_length=3, pattern=r"^[A-Za-z]{3}$", examples=["CNY"])]
-Amount = Annotated[int, Meta(description="Minor units of the currency (cents, fen; yen have none).")]
-ShortText = Annotated[str, Meta(max_length=200)]
+# Request amounts; responses carry plain ints (a refund or a capture may be 0 there). To the type
+# checker an amount is an int, which is what every handler sees after ``screen_body``.
+if TYPE_CHECKING:
+    Amount = int
+else:
+    Amount = MinorUnits
+AmountOut = Annotated[int, Meta(description="Minor units of the currency (cents, fen; yen have none).")]
+ShortText = Annotated[str, Meta(max_length=200, pattern=NO_CONTROLS)]
+Text40 = Annotated[str, Meta(min_length=1, max_length=40, pattern=NO_CONTROLS)]
+Text64 = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_CONTROLS)]
+Description = Annotated[str, Meta(max_length=500, pattern=NO_CONTROLS)]
 Metadata = Annotated[
-    dict[Annotated[str, Meta(min_length=1, max_length=40)], Annotated[str, Meta(max_length=500)]],
+    dict[Text40, Annotated[str, Meta(max_length=500, pattern=NO_CONTROLS)]],
     Meta(max_length=50),
 ]
 
@@ -36,7 +82,7 @@ class CardInput(Input):
 
 class BankTransferInput(Input):
     account_number: Annotated[str, Meta(pattern=r"^[0-9]{4,34}$")]
-    bank_code: Annotated[str, Meta(max_length=20)] | None = None
+    bank_code: Annotated[str, Meta(max_length=20, pattern=NO_CONTROLS)] | None = None
     holder_name: ShortText | None = None
 
 
@@ -49,7 +95,7 @@ class BalanceInput(Input):
 
 
 class PrepaidInput(Input):
-    code: Annotated[str, Meta(min_length=1, max_length=40)]
+    code: Text40
 
 
 MethodType = Literal["card", "bank_transfer", "wallet", "balance", "prepaid"]
@@ -65,11 +111,13 @@ class PaymentMethodInput(Input):
 
 
 class CustomerInput(Input):
-    id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
-    email: Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    id: Text64 | None = None
+    email: (
+        Annotated[str, Meta(max_length=254, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")] | None
+    ) = None
     phone: Annotated[str, Meta(max_length=20, pattern=r"^\+[0-9]{6,15}$")] | None = None
-    ip: Annotated[str, Meta(max_length=45)] | None = None
-    device_id: Annotated[str, Meta(max_length=64)] | None = None
+    ip: Annotated[str, Meta(max_length=45, pattern=r"^[0-9A-Fa-f.:]+$")] | None = None
+    device_id: Text64 | None = None
     country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")] | None = None
 
 
@@ -77,8 +125,8 @@ class BillInput(Input):
     """Pay a bill with the collected money: the hub collects, then posts to the biller."""
 
     biller: Annotated[str, Meta(pattern=r"^bil_[a-z0-9_]{1,60}$")]
-    customer_params: dict[Annotated[str, Meta(max_length=40)], Annotated[str, Meta(max_length=100)]]
-    bill_ref: Annotated[str, Meta(max_length=64)] | None = None
+    customer_params: dict[Text40, Annotated[str, Meta(max_length=100, pattern=NO_CONTROLS)]]
+    bill_ref: Text64 | None = None
 
 
 class CreatePaymentRequest(Input):
@@ -88,7 +136,7 @@ class CreatePaymentRequest(Input):
     capture_method: Literal["automatic", "manual"] = "automatic"
     customer: CustomerInput | None = None
     bill: BillInput | None = None
-    description: Annotated[str, Meta(max_length=500)] | None = None
+    description: Description | None = None
     metadata: Metadata = msgspec.field(default_factory=dict)
 
 
@@ -111,7 +159,7 @@ class CreateRefundRequest(Input):
 
 class CreateAccountRequest(Input):
     currency: Currency
-    customer: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    customer: Text64 | None = None
     metadata: Metadata = msgspec.field(default_factory=dict)
 
 
@@ -119,7 +167,7 @@ class CreateTopupRequest(Input):
     amount: Amount
     currency: Currency
     payment_method: PaymentMethodInput
-    description: Annotated[str, Meta(max_length=500)] | None = None
+    description: Description | None = None
 
 
 class CreateTokenRequest(Input):
@@ -266,11 +314,11 @@ BillerCategory = Literal[
 
 
 class FetchBillsRequest(Input):
-    biller: Annotated[str, Meta(min_length=1, max_length=64, examples=["bil_cn_power"])]
+    biller: Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_CONTROLS, examples=["bil_cn_power"])]
     # Values are checked by the biller catalog (type and regex), so that errors name the parameter
     # ("customer_params.account_number") rather than msgspec's "customer_params[...]".
     customer_params: Annotated[
-        dict[Annotated[str, Meta(min_length=1, max_length=40)], Any],
+        dict[Text40, Any],
         Meta(
             max_length=10,
             extra_json_schema={
@@ -303,7 +351,7 @@ class Biller(Struct):
 class Bill(Struct):
     bill_ref: str
     biller: str
-    amount_due: Amount
+    amount_due: AmountOut
     currency: str
     due_date: Annotated[str, Meta(description="YYYY-MM-DD", examples=["2025-06-11"])]
     customer_name: Annotated[str, Meta(description="Masked by the biller connector: 'L* L*'.")]

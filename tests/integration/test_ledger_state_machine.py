@@ -9,7 +9,7 @@ import asyncio
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -20,6 +20,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from connectors.inprocess import InProcessConnector
 from crypto.keyring import LocalKek
 from gateway import errors
+from gateway.api.screen import screen_body
 from gateway.identity import Identity
 from gateway.metrics import Metrics
 from gateway.services.idempotent import KeyedRequest
@@ -36,6 +37,14 @@ CARD = {
     "card": {"number": "4111111111111111", "exp_month": 12, "exp_year": 2030, "cvc": "123"},
 }
 amounts = st.integers(min_value=1, max_value=50_000)
+
+
+T = TypeVar("T")
+
+
+def parse(body: dict[str, Any], model: type[T]) -> T:
+    """As ``read_json`` decodes a request body (amount hook, then the input screen)."""
+    return screen_body(msgspec.convert(body, model, dec_hook=schemas.decode_hook))  # type: ignore[no-any-return]
 
 
 def keyed(path: str, body: Any) -> KeyedRequest:
@@ -76,7 +85,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(account=accounts, amount=amounts)
     def top_up(self, account: str, amount: int) -> None:
         body = {"amount": amount, "currency": "CNY", "payment_method": CARD}
-        params = msgspec.convert(body, schemas.CreateTopupRequest)
+        params = parse(body, schemas.CreateTopupRequest)
         outcome = self.run(self.payments_service.topup(ACME, account, params, keyed("/topups", body), None))
         assert msgspec.json.decode(outcome.body)["status"] == "succeeded"
         self.balance[account] += amount
@@ -88,7 +97,7 @@ class LedgerMachine(RuleBasedStateMachine):
             "currency": "CNY",
             "payment_method": {"type": "balance", "balance": {"account": account}},
         }
-        params = msgspec.convert(body, schemas.CreatePaymentRequest)
+        params = parse(body, schemas.CreatePaymentRequest)
         outcome = self.run(self.payments_service.create(ACME, params, keyed("/v1/payments", body), None))
         payment = msgspec.json.decode(outcome.body)
         if amount <= self.balance[account]:
@@ -102,7 +111,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(payment=payments, amount=st.none() | amounts)
     def refund(self, payment: str, amount: int | None) -> None:
         body: dict[str, Any] = {"payment": payment} | ({"amount": amount} if amount is not None else {})
-        params = msgspec.convert(body, schemas.CreateRefundRequest)
+        params = parse(body, schemas.CreateRefundRequest)
         account, left = self.refundable.get(payment, ("", 0))
         try:
             outcome = self.run(self.refunds_service.create(ACME, params, keyed("/v1/refunds", body), None))

@@ -28,7 +28,11 @@ async def test_claim_finish_replay_mismatch_and_takeover(conn: asyncpg.Connectio
     assert isinstance(await claim(conn, "k1"), Claimed)
     assert isinstance(await claim(conn, "k1"), InProgress)
     assert isinstance(await claim(conn, "k1", b"b"), Mismatch)
-    await idempotency.unlock(conn, tenant="acme", key="k1")  # the first request crashed
+    await idempotency.set_recovery_point(
+        conn, tenant="acme", key="k1", point="attempt_created", object_id="pay_1"
+    )
+    await idempotency.abandon(conn, tenant="acme", key="k1")  # the first request crashed after recording
+    assert isinstance(await claim(conn, "k1", b"b"), Mismatch)  # money may have moved: the body is bound
     again = await claim(conn, "k1")
     assert isinstance(again, Claimed)  # a retry takes over, resuming from the recovery point
     await idempotency.finish(conn, tenant="acme", key="k1", status=200, body=b'{"id":"pay_1"}')
@@ -40,12 +44,22 @@ async def test_claim_finish_replay_mismatch_and_takeover(conn: asyncpg.Connectio
     assert isinstance(other_tenant, Claimed)  # keys are scoped per tenant
 
 
+async def test_a_failure_before_any_recovery_point_releases_the_key(conn: asyncpg.Connection) -> None:
+    assert isinstance(await claim(conn, "k2"), Claimed)
+    await idempotency.abandon(conn, tenant="acme", key="k2")  # the hub failed before recording anything
+    assert await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = 'k2'") == 0
+    assert isinstance(await claim(conn, "k2", b"corrected"), Claimed)  # not burned: 422 no more
+
+
 async def test_prune_keeps_recent_and_in_flight_keys(conn: asyncpg.Connection) -> None:
     for key in ("old-done", "old-abandoned", "old-running", "new-done"):
         await claim(conn, key)
     await idempotency.finish(conn, tenant="acme", key="old-done", status=200, body=b"{}")
     await idempotency.finish(conn, tenant="acme", key="new-done", status=200, body=b"{}")
-    await idempotency.unlock(conn, tenant="acme", key="old-abandoned")
+    await idempotency.set_recovery_point(
+        conn, tenant="acme", key="old-abandoned", point="attempt_created", object_id="pay_1"
+    )
+    await idempotency.abandon(conn, tenant="acme", key="old-abandoned")
     await conn.execute(
         "UPDATE idempotency_keys SET created = now() - interval '49 hours' WHERE key LIKE 'old-%'"
     )
