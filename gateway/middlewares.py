@@ -10,21 +10,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import errors
-from gateway.identity import Identity, IdentityRejected, identity_from_peercert
-from gateway.keys import IDENTITY, METRICS, REQUEST_ID, SETTINGS
+from gateway.api.routes import CONNECTOR, ROUTES, Roles
+from gateway.identity import Identity, IdentityRejected, check_not_revoked, check_tenant, peer_of
+from gateway.keys import CONFIG, IDENTITY, METRICS, REQUEST_ID, TLS
 from gateway.logs import get_logger
 
 log = get_logger("gateway.access")
-
-# Routes served without a tenant identity check: connector callbacks are authenticated by the
-# connector's signature (the TLS client certificate is still required at the handshake).
-_PUBLIC_ROUTES: frozenset[str] = frozenset(
-    {
-        # Connector callbacks come from banks and wallets, not tenants: the connector's signature
-        # check authenticates them (the TLS client certificate is still required at the handshake).
-        "/v1/connectors/{name}/callbacks",
-    }
-)
 
 
 def new_request_id() -> str:
@@ -113,18 +104,43 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.match_info.http_exception is not None or route_label(request) in _PUBLIC_ROUTES:
-        return await handler(request)
-    transport = request.transport
-    peercert = transport.get_extra_info("peercert") if transport is not None else None
-    try:
-        identity = identity_from_peercert(peercert, request.app[SETTINGS])
-    except IdentityRejected as exc:
-        request.app[METRICS].authentication_failures.inc()
-        raise errors.AuthenticationFailed(f"Client certificate not accepted: {exc}.") from exc
-    request[IDENTITY] = identity
-    structlog.contextvars.bind_contextvars(tenant=identity.tenant)
+    """Certificate → tenant → the route's roles (gateway/api/routes.py), on every request: a CRL
+    reload or a tenant disabled by a config reload bites connections that are already open.
+
+    Connector routes (signature-authenticated) and unmatched URLs (404/405) get the revocation
+    check only; a route registered without roles is refused (fail closed)."""
+    match_info = request.match_info
+    unmatched = match_info.http_exception is not None
+    roles = None if unmatched else request.app[ROUTES].roles(match_info.route)
+    identity = _authenticate(request, tenant_needed=not unmatched and roles != CONNECTOR)
+    if identity is not None:
+        request[IDENTITY] = identity  # before the role check, so the access log names who was refused
+        structlog.contextvars.bind_contextvars(tenant=identity.tenant)
+        if roles is None or identity.role not in roles:
+            raise _permission_denied(request, identity, roles)
     return await handler(request)
+
+
+def _authenticate(request: web.Request, *, tenant_needed: bool) -> Identity | None:
+    """The caller's identity (None when not needed); a refused certificate also loses its connection."""
+    app = request.app
+    peer = peer_of(request.transport)
+    try:
+        check_not_revoked(peer, app[TLS].revoked)
+        return check_tenant(peer, app[CONFIG].current.tenants) if tenant_needed else None
+    except IdentityRejected as exc:
+        app[METRICS].authentication_failures.inc()
+        # Refused now is refused from here on: answer this request, then close instead of keeping alive.
+        request.protocol.close()
+        raise errors.AuthenticationFailed(
+            f"Client certificate not accepted: {exc}.", headers={"Connection": "close"}
+        ) from exc
+
+
+def _permission_denied(request: web.Request, identity: Identity, roles: Roles | None) -> errors.ApiError:
+    if roles is None:
+        log.error("identity.route_without_roles", route=route_label(request), method=request.method)
+    return errors.PermissionDenied(f"The {identity.role} role may not use this route.")
 
 
 def require_identity(request: web.Request) -> Identity:

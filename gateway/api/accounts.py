@@ -9,6 +9,7 @@ from gateway import errors
 from gateway.api.common import json_response, read_json
 from gateway.api.lists import entry_number, page_params, render_list, unknown_cursor
 from gateway.api.payments import keyed_request, outcome_response
+from gateway.api.routes import CLIENT, add
 from gateway.keys import DB_POOL, PAYMENTS
 from gateway.middlewares import require_identity
 from gateway.services.inputs import metadata_text, money, refuse_card_numbers
@@ -105,7 +106,7 @@ async def create_topup(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/accounts", create_account)
-    app.router.add_get("/v1/accounts/{id}", get_account)
-    app.router.add_get("/v1/accounts/{id}/entries", list_entries)
-    app.router.add_post("/v1/accounts/{id}/topups", create_topup)
+    add(app, "POST", "/v1/accounts", create_account, roles=CLIENT)
+    add(app, "GET", "/v1/accounts/{id}", get_account, roles=CLIENT)
+    add(app, "GET", "/v1/accounts/{id}/entries", list_entries, roles=CLIENT)
+    add(app, "POST", "/v1/accounts/{id}/topups", create_topup, roles=CLIENT)

@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway import errors
 from gateway.api.common import json_response
 from gateway.api.lists import page_params, render_list, unknown_cursor
+from gateway.api.routes import CLIENT, add
 from gateway.keys import DB_POOL
 from gateway.middlewares import require_identity
 from gateway.store import events as store
@@ -75,5 +76,5 @@ async def list_events(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/v1/events", list_events)
-    app.router.add_get("/v1/events/{id}", get_event)
+    add(app, "GET", "/v1/events", list_events, roles=CLIENT)
+    add(app, "GET", "/v1/events/{id}", get_event, roles=CLIENT)

@@ -3,6 +3,13 @@
 The document is built once, when the app is set up, from :data:`OPERATIONS` (a declarative table
 of the routes) and the msgspec Structs the handlers decode and encode with, so the contract and
 the code cannot drift apart. A test compares the table with the app's router both ways.
+
+The Structs say what msgspec checks; :func:`build_document` then adds the rules that live in the
+handlers and the input screen, so that a client (or a schema-driven fuzzer, tests/fuzz) can tell a
+valid request from an invalid one by the document alone: which sub-object each
+``payment_method.type`` needs, card token *or* number, no control characters in any request
+string, printable-ASCII ids and cursors, currency codes, and every status each route can answer.
+Links between operations (a created payment's id → capture, refund …) drive stateful clients.
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ import orjson
 from aiohttp import web
 
 from gateway import VERSION
-from gateway.api.callbacks import CallbackReceipt
+from gateway.api.callbacks import MAX_CALLBACK_BYTES, CallbackReceipt
 from gateway.api.events import MAX_OBJECT_ID_LENGTH, MAX_TYPE_LENGTH
 from gateway.api.lists import DEFAULT_LIMIT, MAX_LIMIT
 from gateway.api.payments import METHODS, STATUSES
 from gateway.api.ping import PingRequest, PingResponse
 from gateway.api.routes import CLIENT_OR_OPERATOR, add
+from gateway.domain.money import EXPONENTS
 from gateway.services.idempotent import MAX_KEY_LENGTH
 from gateway.views import schemas
 
@@ -51,14 +59,59 @@ class Operation:
     list_of: type | None = None  # the response is a list of these (Stripe's list object)
     query: tuple[Param, ...] = ()
     moves_money: bool = False  # requires Idempotency-Key; may answer 409/422 idempotency errors
+    raw_body: int | None = None  # reads a body of at most this many bytes that no Struct describes
+    links: dict[str, dict[str, Any]] | None = None  # OpenAPI links from the 200 answer
+
+    @property
+    def reads_body(self) -> bool:
+        return self.request is not None or self.raw_body is not None
+
+    @property
+    def public(self) -> bool:
+        """Called by connectors, not tenants: no identity check and no tenant budget (no 403, no 429)."""
+        return self.path == CALLBACK_PATH
+
+
+CALLBACK_PATH = "/v1/connectors/{name}/callbacks"
+# gateway/api/screen.py: strings in bodies and queries may hold no C0 control character nor DEL;
+# path parameters and list cursors are printable ASCII (anything else is a 400 naming the param).
+NO_CONTROLS = schemas.NO_CONTROLS
+PRINTABLE_ASCII = "^[!-~]+$"
+# An all-dot segment is not an id: URL normalisation would turn ".." into the parent path.
+PATH_ID = r"^(?!\.{1,2}$)[!-~]+$"
+ID_PREFIXES = {"payments": "pay", "refunds": "re", "accounts": "acct", "events": "evt", "billers": "bil"}
+# gateway/services/payments.py (topup): a balance is funded by a card or a bank transfer only.
+TOPUP_METHODS = ("bank_transfer", "card")
+# gateway/api/payments.py: amount filters are 1 to 12 ASCII digits; times are RFC 3339 with a zone
+# or 1 to 11 digits of Unix seconds, from 1970 to 9999.
+MAX_AMOUNT_FILTER = 999_999_999_999
+MAX_UNIX_SECONDS = 99_999_999_999
 
 
 def _timestamp_param(name: str, bound: str) -> Param:
     return Param(
         name,
-        {"type": "string", "examples": ["2025-06-01T00:00:00Z", "1748736000"]},
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "format": "date-time",
+                    # Years before 1970 and from 9999 on are refused (PostgreSQL's range, the epoch).
+                    "pattern": r"^(19[7-9][0-9]|[2-9][0-9]{3})-",
+                },
+                {"type": "integer", "minimum": 0, "maximum": MAX_UNIX_SECONDS},
+            ],
+            "examples": ["2025-06-01T00:00:00Z", 1748736000],
+        },
         f"Only objects created at or {bound} this time: RFC 3339 with a time zone, or Unix seconds.",
     )
+
+
+def _text_param(name: str, description: str, *, max_length: int | None = None) -> Param:
+    schema: dict[str, Any] = {"type": "string", "pattern": NO_CONTROLS}
+    if max_length is not None:
+        schema |= {"minLength": 1, "maxLength": max_length}
+    return Param(name, schema, description)
 
 
 LIST_PARAMS = (
@@ -69,40 +122,76 @@ LIST_PARAMS = (
     ),
     Param(
         "starting_after",
-        {"type": "string"},
-        "Cursor: an object id; the page holds the objects listed after it (older ones).",
+        {"type": "string", "pattern": PRINTABLE_ASCII},
+        "Cursor: an object id; the page holds the objects listed after it (older ones). "
+        "An id that is not in the list answers 404.",
     ),
     Param(
         "ending_before",
-        {"type": "string"},
+        {"type": "string", "pattern": PRINTABLE_ASCII},
         "Cursor: an object id; the page holds the objects listed before it (newer ones). "
-        "Not together with starting_after.",
+        "Not together with starting_after (400).",
     ),
 )
 
 PAYMENT_FILTERS = (
     Param("status", {"enum": sorted(STATUSES)}, "Only payments with this status."),
     Param("method", {"enum": sorted(METHODS)}, "Only payments with this payment method type."),
-    Param("customer", {"type": "string"}, "Only payments of this customer id."),
-    Param("biller", {"type": "string"}, "Only bill payments to this biller id."),
+    _text_param("customer", "Only payments of this customer id."),
+    _text_param("biller", "Only bill payments to this biller id."),
     _timestamp_param("created_gte", "after"),
     _timestamp_param("created_lte", "before"),
-    Param("amount_gte", {"type": "integer", "minimum": 0}, "Only payments of at least this amount."),
-    Param("amount_lte", {"type": "integer", "minimum": 0}, "Only payments of at most this amount."),
+    Param(
+        "amount_gte",
+        {"type": "integer", "minimum": 0, "maximum": MAX_AMOUNT_FILTER},
+        "Only payments of at least this amount (minor units, ASCII digits).",
+    ),
+    Param(
+        "amount_lte",
+        {"type": "integer", "minimum": 0, "maximum": MAX_AMOUNT_FILTER},
+        "Only payments of at most this amount (minor units, ASCII digits).",
+    ),
 )
 
 EVENT_FILTERS = (
     Param(
         "type",
-        {"type": "string", "maxLength": MAX_TYPE_LENGTH, "examples": ["payment.succeeded"]},
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_TYPE_LENGTH,
+            "pattern": NO_CONTROLS,
+            "examples": ["payment.succeeded"],
+        },
         "Only events of this type.",
     ),
-    Param(
-        "object",
-        {"type": "string", "maxLength": MAX_OBJECT_ID_LENGTH},
-        "Only events about this object id (a payment, a refund …).",
+    _text_param(
+        "object", "Only events about this object id (a payment, a refund …).", max_length=MAX_OBJECT_ID_LENGTH
     ),
 )
+
+
+def _link(operation_id: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link; a parameter named ``body`` is the request body (a runtime expression)."""
+    link: dict[str, Any] = {"operationId": operation_id}
+    body = parameters.pop("body", None)
+    if parameters:
+        link["parameters"] = {name.replace("__", "."): value for name, value in parameters.items()}
+    if body is not None:
+        link["requestBody"] = orjson.loads(body)
+    return link
+
+
+_ID = "$response.body#/id"
+_FIRST_ID = "$response.body#/data/0/id"
+PAYMENT_LINKS = {
+    "GetPayment": _link("getPayment", path__id=_ID),
+    "CapturePayment": _link("capturePayment", path__id=_ID),
+    "CancelPayment": _link("cancelPayment", path__id=_ID),
+    "RefundPayment": _link("createRefund", body=f'{{"payment": "{_ID}"}}'),
+    "ListPaymentEvents": _link("listEvents", query__object=_ID),
+    "ListPaymentsAfter": _link("listPayments", query__starting_after=_ID),
+}
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
@@ -120,6 +209,7 @@ OPERATIONS: tuple[Operation, ...] = (
         schemas.Payment,
         request=schemas.CreatePaymentRequest,
         moves_money=True,
+        links=PAYMENT_LINKS,
     ),
     Operation(
         "GET",
@@ -130,6 +220,10 @@ OPERATIONS: tuple[Operation, ...] = (
         None,
         list_of=schemas.Payment,
         query=LIST_PARAMS + PAYMENT_FILTERS,
+        links={
+            "GetFirstPayment": _link("getPayment", path__id=_FIRST_ID),
+            "PaymentsAfter": _link("listPayments", query__starting_after=_FIRST_ID),
+        },
     ),
     Operation("GET", "/v1/payments/{id}", "getPayment", "Read a payment", "payments", schemas.Payment),
     Operation(
@@ -141,6 +235,7 @@ OPERATIONS: tuple[Operation, ...] = (
         schemas.Payment,
         request=schemas.CapturePaymentRequest,
         moves_money=True,
+        links={name: PAYMENT_LINKS[name] for name in ("GetPayment", "RefundPayment", "CancelPayment")},
     ),
     Operation(
         "POST",
@@ -161,6 +256,10 @@ OPERATIONS: tuple[Operation, ...] = (
         schemas.Refund,
         request=schemas.CreateRefundRequest,
         moves_money=True,
+        links={
+            "GetRefund": _link("getRefund", path__id=_ID),
+            "GetRefundedPayment": _link("getPayment", path__id="$response.body#/payment"),
+        },
     ),
     Operation("GET", "/v1/refunds/{id}", "getRefund", "Read a refund", "refunds", schemas.Refund),
     Operation(
@@ -171,6 +270,20 @@ OPERATIONS: tuple[Operation, ...] = (
         "accounts",
         schemas.Account,
         request=schemas.CreateAccountRequest,
+        links={
+            "GetAccount": _link("getAccount", path__id=_ID),
+            "ListAccountEntries": _link("listAccountEntries", path__id=_ID),
+            "TopUpAccount": _link(
+                "createTopup", path__id=_ID, body='{"currency": "$response.body#/currency"}'
+            ),
+            "PayFromAccount": _link(
+                "createPayment",
+                body=(
+                    '{"currency": "$response.body#/currency", '
+                    f'"payment_method": {{"type": "balance", "balance": {{"account": "{_ID}"}}}}}}'
+                ),
+            ),
+        },
     ),
     Operation(
         "GET",
@@ -189,6 +302,14 @@ OPERATIONS: tuple[Operation, ...] = (
         None,
         list_of=schemas.LedgerEntry,
         query=LIST_PARAMS,
+        links={
+            "EntriesAfter": _link(
+                "listAccountEntries", path__id="$request.path.id", query__starting_after=_FIRST_ID
+            ),
+            "EntriesBefore": _link(
+                "listAccountEntries", path__id="$request.path.id", query__ending_before=_FIRST_ID
+            ),
+        },
     ),
     Operation(
         "POST",
@@ -199,6 +320,11 @@ OPERATIONS: tuple[Operation, ...] = (
         schemas.Payment,
         request=schemas.CreateTopupRequest,
         moves_money=True,
+        links={
+            "GetFundingPayment": PAYMENT_LINKS["GetPayment"],
+            "GetAccount": _link("getAccount", path__id="$request.path.id"),
+            "ListAccountEntries": _link("listAccountEntries", path__id="$request.path.id"),
+        },
     ),
     Operation(
         "POST",
@@ -208,6 +334,12 @@ OPERATIONS: tuple[Operation, ...] = (
         "tokens",
         schemas.Token,
         request=schemas.CreateTokenRequest,
+        links={
+            "PayWithToken": _link(
+                "createPayment",
+                body=f'{{"payment_method": {{"type": "card", "card": {{"token": "{_ID}"}}}}}}',
+            )
+        },
     ),
     Operation(
         "GET",
@@ -218,6 +350,10 @@ OPERATIONS: tuple[Operation, ...] = (
         None,
         list_of=schemas.Event,
         query=LIST_PARAMS + EVENT_FILTERS,
+        links={
+            "GetFirstEvent": _link("getEvent", path__id=_FIRST_ID),
+            "EventsAfter": _link("listEvents", query__starting_after=_FIRST_ID),
+        },
     ),
     Operation("GET", "/v1/events/{id}", "getEvent", "Read an event", "events", schemas.Event),
     Operation(
@@ -227,6 +363,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "A bank's, wallet's or biller's signed notice (authenticated by the connector's signature)",
         "connectors",
         CallbackReceipt,
+        raw_body=MAX_CALLBACK_BYTES,
     ),
     Operation(
         "GET",
@@ -241,6 +378,11 @@ OPERATIONS: tuple[Operation, ...] = (
             Param("category", {"enum": list(get_args(schemas.BillerCategory))}, "Only this category."),
             Param("country", {"type": "string", "pattern": "^[A-Z]{2}$"}, "Only this ISO 3166-1 country."),
         ),
+        links={
+            "GetFirstBiller": _link("getBiller", path__id=_FIRST_ID),
+            "FetchFirstBillersBills": _link("fetchBills", body=f'{{"biller": "{_FIRST_ID}"}}'),
+            "BillersAfter": _link("listBillers", query__starting_after=_FIRST_ID),
+        },
     ),
     Operation(
         "GET",
@@ -249,6 +391,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Read a biller: its customer params, fetch and amount rules",
         "billers",
         schemas.Biller,
+        links={"FetchBills": _link("fetchBills", body=f'{{"biller": "{_ID}"}}')},
     ),
     Operation(
         "POST",
@@ -272,14 +415,16 @@ ERROR_RESPONSES: dict[str, tuple[str, str]] = {
     "400": ("InvalidRequest", "The request was refused before any processing (`param` names the field)."),
     "403": (
         "Forbidden",
-        "The client certificate's identity is not accepted, or its role may not use the route.",
+        "The client certificate's identity is not accepted, or its role may not use the route. "
+        "(No route answers 401: a request without a client certificate fails the TLS handshake.)",
     ),
     "404": ("NotFound", "No such object for the caller's tenant (another tenant's objects answer 404 too)."),
+    "408": ("RequestTimeout", "The request body did not arrive within the server's body timeout."),
     "409": (
         "Conflict",
         "The object's state does not allow this, or the same Idempotency-Key is still running.",
     ),
-    "413": ("TooLarge", "The request body is too large."),
+    "413": ("TooLarge", "The request body is larger than the route accepts."),
     "422": ("IdempotencyKeyReused", "The Idempotency-Key was used before with a different request."),
     "429": ("RateLimited", "Too many requests: retry after Retry-After seconds."),
     "500": ("InternalError", "Internal error: it never carries a payment decision."),
@@ -288,21 +433,41 @@ ERROR_RESPONSES: dict[str, tuple[str, str]] = {
 
 
 def _error_statuses(op: Operation) -> list[str]:
-    statuses = ["400", "403"]
+    """Every error status the route can answer (gateway/middlewares.py, gateway/traffic, handlers)."""
+    statuses = {"400", "500", "503"}  # bad input; a bug; shed load or a dependency down
+    if not op.public:
+        statuses |= {"403", "429"}  # identity and role; the tenant's rate and concurrency budgets
     if "{" in op.path or op.list_of is not None or op.moves_money:
-        statuses.append("404")  # an id in the path, a list cursor, or an id in the body
+        statuses.add("404")  # an id in the path, a list cursor, or an id in the body
     if op.moves_money:
-        statuses += ["409", "422"]
-    if op.request is not None:
-        statuses.append("413")
-    return [*statuses, "429", "500", "503"]
+        statuses |= {"409", "422"}  # state conflicts and idempotency
+    if op.reads_body:
+        statuses |= {"408", "413"}  # slow or large body
+    return sorted(statuses)
+
+
+def _path_param(op: Operation, name: str) -> dict[str, Any]:
+    if name == "id":
+        prefix = ID_PREFIXES[op.path.split("/")[2]]
+        description = (
+            f"The object's id (`{prefix}_…`). Printable ASCII (anything else is a 400); an id that "
+            "matches nothing, or another tenant's object, answers 404."
+        )
+        example = f"{prefix}_cn_power" if prefix == "bil" else f"{prefix}_1a2B3c4D5e6F7g8H9i0J1k2L"
+    else:
+        description = "A connector's name, as in the `[connectors.<name>]` configuration; unknown: 404."
+        example = "bank_transfer"
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "pattern": PATH_ID, "examples": [example]},
+    }
 
 
 def _operation(op: Operation, refs: dict[type, dict[str, Any]], lists: dict[type, str]) -> dict[str, Any]:
-    parameters: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in re.findall(r"\{(\w+)\}", op.path)
-    ]
+    parameters: list[dict[str, Any]] = [_path_param(op, name) for name in re.findall(r"\{(\w+)\}", op.path)]
     parameters += [
         {"name": p.name, "in": "query", "required": False, "description": p.description, "schema": p.schema}
         for p in op.query
@@ -321,6 +486,8 @@ def _operation(op: Operation, refs: dict[type, dict[str, Any]], lists: dict[type
     responses: dict[str, Any] = {
         "200": {"description": "OK", "headers": headers, "content": {"application/json": {"schema": schema}}}
     }
+    if op.links:
+        responses["200"]["links"] = copy.deepcopy(op.links)  # the document never aliases the table
     for status in _error_statuses(op):
         responses[status] = {"$ref": f"#/components/responses/{ERROR_RESPONSES[status][0]}"}
     document: dict[str, Any] = {
@@ -336,6 +503,15 @@ def _operation(op: Operation, refs: dict[type, dict[str, Any]], lists: dict[type
             "required": any(f.required for f in msgspec.structs.fields(op.request)),
             "content": {"application/json": {"schema": refs[op.request]}},
         }
+    elif op.raw_body is not None:
+        document["requestBody"] = {
+            "required": True,
+            "description": (
+                f"The connector's signed notice, at most {op.raw_body} bytes; its fields and its "
+                "signature header are the connector's (a bad signature is a 400 signature_invalid)."
+            ),
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
     document["responses"] = responses
     return document
 
@@ -348,6 +524,137 @@ def _list_schema(components: dict[str, Any], item: type) -> dict[str, Any]:
     return schema
 
 
+# ---- rules the handlers and the input screen enforce beyond the Structs ---------------------------
+
+
+def _component_refs(schema: Any) -> set[str]:
+    if isinstance(schema, dict):
+        found = {schema["$ref"].rsplit("/", 1)[1]} if isinstance(schema.get("$ref"), str) else set()
+        return found.union(*(_component_refs(value) for value in schema.values()))
+    if isinstance(schema, list):
+        return set().union(*(_component_refs(value) for value in schema))
+    return set()
+
+
+def _request_components(components: dict[str, Any], roots: list[str]) -> list[str]:
+    """The components request bodies use, directly or through other components."""
+    seen: list[str] = []
+    pending = list(roots)
+    while pending:
+        name = pending.pop()
+        if name not in seen:
+            seen.append(name)
+            pending += sorted(_component_refs(components[name]))
+    return sorted(seen)
+
+
+def _forbid_controls(schema: Any) -> None:
+    """screen_body refuses a control character in any string of a body, keys included: say so on
+    every string schema that does not already exclude them by its pattern, enum or const."""
+    if isinstance(schema, list):
+        for item in schema:
+            _forbid_controls(item)
+        return
+    if not isinstance(schema, dict):
+        return
+    if schema.get("type") == "string" and not {"pattern", "enum", "const"} & schema.keys():
+        schema["pattern"] = NO_CONTROLS
+    names = schema.get("propertyNames")
+    if isinstance(names, dict) and "pattern" not in names:
+        names["pattern"] = NO_CONTROLS
+    for key, value in schema.items():
+        if key == "properties":
+            for item in value.values():
+                _forbid_controls(item)
+        elif key not in ("examples", "default", "const", "enum"):
+            _forbid_controls(value)
+
+
+def _currencies(schema: dict[str, Any]) -> None:
+    """ISO 4217 codes in circulation (gateway/domain/money.py), not any three letters."""
+    properties = schema.get("properties", {})
+    if "currency" in properties:
+        properties["currency"] = {
+            "enum": sorted(EXPONENTS),
+            "description": "ISO 4217 code in circulation (lower case is accepted too).",
+            "examples": ["CNY"],
+        }
+
+
+# Card data is a vaulted token or a number with its expiry, never both (services/payments.py).
+_CARD_BY_NUMBER: dict[str, Any] = {
+    "title": "card number",
+    "required": ["number", "exp_month", "exp_year"],
+    "properties": {
+        "number": {"type": "string"},
+        "exp_month": {"type": "integer"},
+        "exp_year": {"type": "integer"},
+        "token": {"type": "null"},
+    },
+}
+_CARD_BY_TOKEN: dict[str, Any] = {
+    "title": "card token",
+    "required": ["token"],
+    "properties": {"token": {"type": "string"}, "number": {"type": "null"}},
+}
+
+
+def _method_blocks() -> list[str]:
+    """payment_method.type values; each names the sub-object it needs (services/inputs.py method_block)."""
+    types = list(get_args(schemas.MethodType))
+    fields = [f.name for f in msgspec.structs.fields(schemas.PaymentMethodInput) if f.name != "type"]
+    if sorted(types) != sorted(fields):  # the rule below is "type t needs field t"
+        raise RuntimeError(f"payment_method types {types} are not its sub-objects {fields}")
+    return types
+
+
+def _payment_methods(components: dict[str, Any]) -> None:
+    method = components["PaymentMethodInput"]
+    block_refs = {
+        name: prop["anyOf"][0]["$ref"]
+        for name, prop in method["properties"].items()
+        if name != "type"  # each block is "$ref or null" until its type selects it
+    }
+    branches = []
+    for kind in _method_blocks():
+        block: dict[str, Any] = {"$ref": block_refs[kind]}
+        if kind == "card":
+            block = {"allOf": [block], "oneOf": [_CARD_BY_NUMBER, _CARD_BY_TOKEN]}
+        branches.append(
+            {
+                "title": kind,
+                "properties": {"type": {"const": kind}, kind: block},
+                "required": ["type", kind],
+            }
+        )
+    method["oneOf"] = branches
+    method["description"] = (
+        "`type` names the sub-object that must be present: card → `card` (a `token`, or `number`, "
+        "`exp_month` and `exp_year`), bank_transfer → `bank_transfer`, wallet → `wallet`, "
+        "balance → `balance`, prepaid → `prepaid`. Other sub-objects are ignored."
+    )
+    topup = components["CreateTopupRequest"]["properties"]
+    topup["payment_method"] = {
+        "allOf": [topup["payment_method"]],
+        "properties": {"type": {"enum": list(TOPUP_METHODS)}},
+        "description": "A top-up is funded by a card or a bank transfer.",
+    }
+    # services/payments.py _check_bill: the biller is paid with collected money, so no manual capture.
+    components["CreatePaymentRequest"]["anyOf"] = [
+        {"title": "no bill", "properties": {"bill": {"type": "null"}}},
+        {"title": "captured automatically", "properties": {"capture_method": {"const": "automatic"}}},
+    ]
+    token = components["CreateTokenRequest"]["properties"]
+    token["card"] = {"allOf": [token["card"], _CARD_BY_NUMBER], "description": "A card number (not a token)."}
+
+
+def _request_rules(components: dict[str, Any], request_roots: list[str]) -> None:
+    for name in _request_components(components, request_roots):
+        _forbid_controls(components[name])
+        _currencies(components[name])
+    _payment_methods(components)
+
+
 def build_document(version: str, operations: tuple[Operation, ...] = OPERATIONS) -> dict[str, Any]:
     structs: list[type] = [schemas.ErrorResponse, schemas.ListResponse]
     for op in operations:
@@ -358,6 +665,7 @@ def build_document(version: str, operations: tuple[Operation, ...] = OPERATIONS)
         structs, ref_template=REF, schema_hook=schemas.schema_hook
     )
     refs = dict(zip(structs, ref_list, strict=True))
+    _request_rules(components, [op.request.__name__ for op in operations if op.request is not None])
     lists: dict[type, str] = {}
     for op in operations:
         if op.list_of is not None and op.list_of not in lists:
@@ -403,7 +711,14 @@ def build_document(version: str, operations: tuple[Operation, ...] = OPERATIONS)
                         "Makes a money-moving request safe to retry: the same key and body replay the "
                         "first response; kept at least 24 hours, scoped to the tenant."
                     ),
-                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+                    # services/idempotent.py require_key: printable, not only blanks.
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_KEY_LENGTH,
+                        "pattern": "^[ -~]*[!-~][ -~]*$",
+                        "examples": ["order-17-attempt-1"],
+                    },
                 }
             },
             "headers": {

@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway import errors
 from gateway.api.common import json_response, read_json
 from gateway.api.lists import page_params, render_list, unknown_cursor
+from gateway.api.routes import CLIENT, add
 from gateway.keys import DB_POOL, PAYMENTS
 from gateway.middlewares import require_identity
 from gateway.services.idempotent import KeyedRequest, Outcome, require_key
@@ -148,8 +149,8 @@ async def list_payments(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/payments", create_payment)
-    app.router.add_get("/v1/payments", list_payments)
-    app.router.add_get("/v1/payments/{id}", get_payment)
-    app.router.add_post("/v1/payments/{id}/capture", capture_payment)
-    app.router.add_post("/v1/payments/{id}/cancel", cancel_payment)
+    add(app, "POST", "/v1/payments", create_payment, roles=CLIENT)
+    add(app, "GET", "/v1/payments", list_payments, roles=CLIENT)
+    add(app, "GET", "/v1/payments/{id}", get_payment, roles=CLIENT)
+    add(app, "POST", "/v1/payments/{id}/capture", capture_payment, roles=CLIENT)
+    add(app, "POST", "/v1/payments/{id}/cancel", cancel_payment, roles=CLIENT)

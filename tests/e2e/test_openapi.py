@@ -104,9 +104,11 @@ async def test_operations_are_complete(document: dict[str, Any]) -> None:
         else:  # reads, and writes that move no money (tokens, accounts, ping), take no key
             assert "Idempotency-Key" not in header_names, (method, path)
         assert "200" in op["responses"]
-        for status in ("400", "403", "500"):
-            ref = op["responses"][status]["$ref"]
-            response = document["components"]["responses"][ref.rsplit("/", 1)[1]]
+        for status, answer in op["responses"].items():
+            if status == "200":
+                continue
+            response = document["components"]["responses"][answer["$ref"].rsplit("/", 1)[1]]
+            assert set(response["content"]) == {"application/json"}, (method, path, status)
             schema = response["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
         if "{" in path:
@@ -217,3 +219,260 @@ async def test_document_needs_a_client_certificate_like_every_route(
 def test_build_document_is_deterministic() -> None:
     assert openapi.build_document("1.2.3") == openapi.build_document("1.2.3")
     assert openapi.build_document("1.2.3")["info"]["version"] == "1.2.3"
+
+
+# ---- the rules a schema-driven client needs (tests/fuzz generates requests from them) ------------
+
+CALLBACKS = ("post", "/v1/connectors/{name}/callbacks")
+COMMON = {"200", "400", "500", "503"}
+TENANT = COMMON | {"403", "429"}
+BODY = {"408", "413"}
+KEYED = TENANT | BODY | {"404", "409", "422"}
+EXPECTED_STATUSES = {
+    ("get", "/v1/ping"): TENANT,
+    ("post", "/v1/ping"): TENANT | BODY,
+    ("post", "/v1/payments"): KEYED,
+    ("get", "/v1/payments"): TENANT | {"404"},  # an unknown cursor
+    ("get", "/v1/payments/{id}"): TENANT | {"404"},
+    ("post", "/v1/payments/{id}/capture"): KEYED,
+    ("post", "/v1/accounts"): TENANT | BODY,
+    ("post", "/v1/accounts/{id}/topups"): KEYED,
+    ("post", "/v1/tokens"): TENANT | BODY,
+    ("post", "/v1/bills/fetch"): TENANT | BODY | {"404"},
+    # Connectors carry no tenant identity (no 403) and spend no tenant budget (no 429).
+    CALLBACKS: COMMON | BODY | {"404"},
+}
+PAYMENT_METHOD_BLOCKS = {
+    "card": {"number": "4111111111111111", "exp_month": 12, "exp_year": 2030},
+    "bank_transfer": {"account_number": "6222000011112222"},
+    "wallet": {"provider": "alipay"},
+    "balance": {"account": "acct_doesnotexist"},
+    "prepaid": {"code": "GIFT-0001"},
+}
+
+
+def is_valid(document: dict[str, Any], schema_name: str, instance: Any) -> bool:
+    return bool(validator(document, schema_name).is_valid(instance))
+
+
+def parameter(document: dict[str, Any], method: str, path: str, name: str) -> dict[str, Any]:
+    [found] = [p for p in operations(document)[(method, path)]["parameters"] if p.get("name") == name]
+    return found
+
+
+def param_valid(param: dict[str, Any], value: Any) -> bool:
+    return bool(jsonschema.Draft202012Validator(param["schema"]).is_valid(value))
+
+
+async def test_every_route_documents_every_status_it_can_answer(document: dict[str, Any]) -> None:
+    ops = operations(document)
+    for route, statuses in EXPECTED_STATUSES.items():
+        assert set(ops[route]["responses"]) == statuses, route
+    for route, op in ops.items():
+        answers = set(op["responses"])
+        assert "401" not in answers, route  # no certificate: the TLS handshake fails, no HTTP answer
+        assert answers >= (COMMON if route == CALLBACKS else TENANT), route
+        if "requestBody" in op:
+            assert answers >= BODY, route
+        if route in MONEY_MOVING:
+            assert answers >= KEYED, route
+
+
+async def test_too_large_bodies_answer_the_documented_413(acme: Api, gw: RunningGateway) -> None:
+    base = f"https://localhost:{gw.api_port}"
+    for path, size in (("/v1/connectors/bank_transfer/callbacks", 65 * 1024), ("/v1/ping", 2 * 1024 * 1024)):
+        body = b'{"message": "' + b"x" * size + b'"}'
+        async with acme.session.post(
+            base + path, data=body, headers={"Content-Type": "application/json"}
+        ) as reply:
+            assert reply.status == 413, path
+            assert reply.content_type == "application/json"
+            assert (await reply.json())["error"]["code"] == "request_too_large"
+
+
+async def test_each_payment_method_type_needs_its_sub_object(acme: Api, document: dict[str, Any]) -> None:
+    for kind, block in PAYMENT_METHOD_BLOCKS.items():
+        bare = {"amount": 100, "currency": "CNY", "payment_method": {"type": kind}}
+        assert not is_valid(document, "CreatePaymentRequest", bare), kind
+        reply = await acme.post("/v1/payments", bare)
+        assert reply.status == 400, (kind, reply.body)
+        assert reply.body["error"]["param"] == f"payment_method.{kind}"
+        assert is_valid(document, "PaymentMethodInput", {"type": kind, kind: block}), kind
+        assert not is_valid(document, "PaymentMethodInput", {"type": kind, kind: None}), kind
+        other = next(name for name in PAYMENT_METHOD_BLOCKS if name != kind)
+        assert not is_valid(
+            document, "PaymentMethodInput", {"type": kind, other: PAYMENT_METHOD_BLOCKS[other]}
+        )
+        # Another type's sub-object next to the right one is ignored by the server, and allowed.
+        both = {"type": kind, kind: block, other: PAYMENT_METHOD_BLOCKS[other]}
+        assert is_valid(document, "PaymentMethodInput", both), kind
+
+
+async def test_a_card_is_a_token_or_a_number_with_its_expiry(acme: Api, document: dict[str, Any]) -> None:
+    def method(card: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "card", "card": card}
+
+    number = PAYMENT_METHOD_BLOCKS["card"]
+    assert is_valid(document, "PaymentMethodInput", method(number))
+    assert is_valid(document, "PaymentMethodInput", method({"token": "tok_abc123", "cvc": "123"}))
+    assert not is_valid(document, "PaymentMethodInput", method({**number, "token": "tok_abc123"}))
+    assert not is_valid(document, "PaymentMethodInput", method({"number": number["number"], "exp_month": 12}))
+    assert not is_valid(document, "PaymentMethodInput", method({}))
+    both = await acme.post(
+        "/v1/payments",
+        {"amount": 100, "currency": "CNY", "payment_method": method({**number, "token": "tok_x"})},
+    )
+    assert (both.status, both.body["error"]["param"]) == (400, "payment_method.card.token")
+    no_expiry = await acme.post(
+        "/v1/payments",
+        {"amount": 100, "currency": "CNY", "payment_method": method({"number": number["number"]})},
+    )
+    assert (no_expiry.status, no_expiry.body["error"]["param"]) == (400, "payment_method.card.exp_month")
+    # Vaulting takes a number, never a token.
+    assert not is_valid(document, "CreateTokenRequest", {"card": {"token": "tok_abc123"}})
+    assert is_valid(document, "CreateTokenRequest", {"card": number})
+    token = await acme.post("/v1/tokens", {"card": {"token": "tok_abc123"}}, key=None)
+    assert token.status == 400
+
+
+async def test_topups_and_bills_state_their_own_rules(acme: Api, document: dict[str, Any]) -> None:
+    account = await acme.post("/v1/accounts", {"currency": "CNY"}, key=None)
+    assert account.status == 200, account.body
+    wallet = {
+        "amount": 100,
+        "currency": "CNY",
+        "payment_method": {"type": "wallet", "wallet": {"provider": "alipay"}},
+    }
+    assert not is_valid(document, "CreateTopupRequest", wallet)
+    reply = await acme.post(f"/v1/accounts/{account.body['id']}/topups", wallet)
+    assert (reply.status, reply.body["error"]["param"]) == (400, "payment_method.type")
+    card = {**wallet, "payment_method": {"type": "card", "card": PAYMENT_METHOD_BLOCKS["card"]}}
+    assert is_valid(document, "CreateTopupRequest", card)
+
+    bill = {"biller": "bil_cn_power", "customer_params": {"account_number": "0031234567"}}
+    manual_bill = {**card, "capture_method": "manual", "bill": bill}
+    assert not is_valid(document, "CreatePaymentRequest", manual_bill)
+    assert is_valid(document, "CreatePaymentRequest", {**manual_bill, "capture_method": "automatic"})
+    assert is_valid(document, "CreatePaymentRequest", {**card, "capture_method": "manual"})
+
+
+async def test_no_request_string_may_hold_a_control_character(acme: Api, document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+
+    def unbounded_strings(schema: Any, where: str) -> list[str]:
+        if isinstance(schema, list):
+            return [found for item in schema for found in unbounded_strings(item, where)]
+        if not isinstance(schema, dict):
+            return []
+        found = []
+        if schema.get("type") == "string" and not {"pattern", "enum", "const"} & schema.keys():
+            found.append(where)
+        for key, value in schema.items():
+            if key not in ("examples", "default"):
+                found += unbounded_strings(value, f"{where}.{key}")
+        return found
+
+    request_schemas = [name for name in schemas if name.endswith(("Request", "Input"))]
+    assert len(request_schemas) >= 10
+    for name in request_schemas:
+        assert unbounded_strings(schemas[name], name) == []
+    payment = card_payment()
+    for hostile in (
+        {**payment, "description": "June\x00electricity"},
+        {**payment, "metadata": {"order\x01": "A-17"}},
+        {**payment, "customer": {"id": "cus_\x7f42"}},
+    ):
+        assert not is_valid(document, "CreatePaymentRequest", hostile)
+        assert (await acme.post("/v1/payments", hostile)).status == 400
+    fetch = {"biller": "bil_cn_power", "customer_params": {"account_number": "003\x001234567"}}
+    assert not is_valid(document, "FetchBillsRequest", fetch)
+    assert (await acme.post("/v1/bills/fetch", fetch, key=None)).status == 400
+
+
+async def test_currencies_are_iso_4217_codes(acme: Api, document: dict[str, Any]) -> None:
+    for name in ("CreatePaymentRequest", "CreateAccountRequest", "CreateTopupRequest"):
+        currency = document["components"]["schemas"][name]["properties"]["currency"]
+        assert {"CNY", "JPY", "KWD", "USD"} <= set(currency["enum"]), name
+        assert "XYZ" not in currency["enum"]
+    assert not is_valid(document, "CreateAccountRequest", {"currency": "XYZ"})
+    reply = await acme.post("/v1/accounts", {"currency": "XYZ"}, key=None)
+    assert (reply.status, reply.body["error"]["param"]) == (400, "currency")
+
+
+async def test_query_and_path_parameters_state_their_bounds(acme: Api, document: dict[str, Any]) -> None:
+    limit = parameter(document, "get", "/v1/payments", "limit")
+    for value, valid in ((0, False), (1, True), (100, True), (101, False)):
+        assert param_valid(limit, value) is valid, value
+        reply = await acme.get("/v1/payments", limit=str(value))
+        assert reply.status == (200 if valid else 400), value
+
+    created = parameter(document, "get", "/v1/payments", "created_gte")
+    for value, valid in (("2025-06-01T00:00:00Z", True), (1748736000, True), ("1969-12-31T00:00:00Z", False)):
+        assert param_valid(created, value) is valid, value
+        reply = await acme.get("/v1/payments", created_gte=str(value))
+        assert reply.status == (200 if valid else 400), value
+
+    amount = parameter(document, "get", "/v1/payments", "amount_gte")
+    assert param_valid(amount, 0)
+    assert not param_valid(amount, -1)
+    assert not param_valid(amount, 10**12)
+    assert (await acme.get("/v1/payments", amount_gte="1000000000000")).status == 400
+
+    for path in ("/v1/payments/{id}", "/v1/accounts/{id}/entries", "/v1/billers/{id}", "/v1/events/{id}"):
+        id_param = parameter(document, "get", path, "id")
+        assert param_valid(id_param, "pay_1a2B3c")
+        assert not param_valid(id_param, "pay_\x00")
+        assert not param_valid(id_param, "pay_①")
+        assert not param_valid(id_param, "..")
+    assert (await acme.get("/v1/payments/pay_%00")).status == 400
+    assert (await acme.get("/v1/payments/pay_doesnotexist")).status == 404
+
+    cursor = parameter(document, "get", "/v1/events", "starting_after")
+    assert not param_valid(cursor, "evt_\x00")
+    assert (await acme.get("/v1/events", starting_after="evt_\x00")).status == 400
+
+    key = document["components"]["parameters"]["Idempotency-Key"]["schema"]
+    assert jsonschema.Draft202012Validator(key).is_valid("order-17")
+    for bad in ("", "   ", "x" * 256, "key\x00"):
+        assert not jsonschema.Draft202012Validator(key).is_valid(bad), bad
+
+
+async def test_capture_and_cancel_take_an_optional_body(
+    acme: Api, gw: RunningGateway, document: dict[str, Any]
+) -> None:
+    ops = operations(document)
+    base = f"https://localhost:{gw.api_port}"
+    for action in ("capture", "cancel"):
+        assert ops[("post", f"/v1/payments/{{id}}/{action}")]["requestBody"]["required"] is False
+        payment = await acme.post("/v1/payments", card_payment(capture_method="manual"))
+        assert payment.body["status"] == "requires_capture", payment.body
+        async with acme.session.post(
+            f"{base}/v1/payments/{payment.body['id']}/{action}",
+            headers={"Idempotency-Key": f"empty-{action}-{payment.body['id']}", "Content-Type": "text/plain"},
+        ) as reply:
+            assert reply.status == 200, await reply.text()
+            assert_valid(document, "Payment", await reply.json())
+
+
+async def test_links_name_real_operations_and_parameters(document: dict[str, Any]) -> None:
+    ops = operations(document)
+    by_id = {op["operationId"]: op for op in ops.values()}
+    schemas = document["components"]["schemas"]
+    linked = 0
+    for route, op in ops.items():
+        for name, link in op["responses"]["200"].get("links", {}).items():
+            target = by_id[link["operationId"]]
+            declared = {(p["in"], p["name"]) for p in target.get("parameters", []) if "name" in p}
+            for qualified in link.get("parameters", {}):
+                where, _, param = qualified.partition(".")
+                assert (where, param) in declared, (route, name, qualified)
+            if "requestBody" in link:
+                ref = target["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                properties = schemas[ref.rsplit("/", 1)[1]]["properties"]
+                assert set(link["requestBody"]) <= set(properties), (route, name)
+            linked += 1
+    assert linked >= 15
+    created = ops[("post", "/v1/payments")]["responses"]["200"]["links"]
+    assert {link["operationId"] for link in created.values()} >= {
+        "getPayment", "capturePayment", "cancelPayment", "createRefund",
+    }  # fmt: skip
