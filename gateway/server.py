@@ -28,6 +28,11 @@ from gateway.traffic import guarded_handler_factory
 
 log = get_logger("gateway.server")
 
+# After an answer sent before its request body ended (413, 408), aiohttp reads and drops what is
+# still coming so the client can read the answer before the close; its default of 10 s lets a slow
+# sender hold the connection that long.
+LINGERING_TIME = 2.0
+
 
 def check_pki(settings: Settings) -> PkiPaths:
     pki = PkiPaths(settings.pki_dir)
@@ -75,6 +80,7 @@ async def start_gateway(settings: Settings, *, reuse_port: bool = False) -> Runn
     handler_kwargs: dict[str, Any] = {
         "access_log": None,  # the context middleware logs through structlog instead
         "keepalive_timeout": settings.server.keepalive_timeout,
+        "lingering_time": LINGERING_TIME,
         "max_line_size": inputs.max_line_size,
         "max_field_size": inputs.max_field_size,
         "max_headers": inputs.max_headers,

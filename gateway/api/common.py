@@ -10,7 +10,6 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.api.screen import screen_body
-from gateway.keys import SETTINGS
 from gateway.views.schemas import NO_CONTROLS, decode_hook
 
 T = TypeVar("T")
@@ -29,10 +28,7 @@ def _decoder(model: type[T]) -> msgspec.json.Decoder[T]:
 async def read_json(request: web.Request, model: type[T]) -> T:
     """Decode and validate a JSON body into ``model``; every failure is a 4xx naming the field.
     An empty body is ``{}`` whatever its Content-Type (``/capture`` and ``/cancel`` need none)."""
-    limit = request.app[SETTINGS].server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise errors.PayloadTooLarge(f"Request body is larger than {limit} bytes.")
-    body = await request.read()
+    body = await request.read()  # already read, within its size cap and deadline, by the traffic middleware
     if body and request.content_type not in ("application/json", ""):
         raise errors.InvalidRequest("Content-Type must be application/json.", code="unsupported_content_type")
     try:

@@ -582,20 +582,22 @@ def _currencies(schema: dict[str, Any]) -> None:
 
 
 # Card data is a vaulted token or a number with its expiry, never both (services/payments.py).
+_PRESENT: dict[str, Any] = {"not": {"type": "null"}}
 _CARD_BY_NUMBER: dict[str, Any] = {
     "title": "card number",
     "required": ["number", "exp_month", "exp_year"],
     "properties": {
-        "number": {"type": "string"},
-        "exp_month": {"type": "integer"},
-        "exp_year": {"type": "integer"},
+        # Present, not null: the card schema's own pattern and bounds apply through allOf.
+        "number": _PRESENT,
+        "exp_month": _PRESENT,
+        "exp_year": _PRESENT,
         "token": {"type": "null"},
     },
 }
 _CARD_BY_TOKEN: dict[str, Any] = {
     "title": "card token",
     "required": ["token"],
-    "properties": {"token": {"type": "string"}, "number": {"type": "null"}},
+    "properties": {"token": _PRESENT, "number": {"type": "null"}},
 }
 
 

@@ -45,6 +45,7 @@ class Traffic:
     concurrency: ConcurrencyLimiter
     shedder: LoadShedder
     inputs: InputLimits
+    max_body_bytes: int
     metrics: Metrics
 
 
@@ -62,7 +63,9 @@ async def traffic_context(app: web.Application) -> AsyncIterator[None]:
             await rates.check_storage()
             shedder = LoadShedder(limits.shedding, metrics)
             concurrency = ConcurrencyLimiter(lambda tenant: limits.rates_for(tenant).max_concurrent)
-            app[TRAFFIC] = Traffic(rates, concurrency, shedder, limits.input, metrics)
+            app[TRAFFIC] = Traffic(
+                rates, concurrency, shedder, limits.input, settings.server.max_body_bytes, metrics
+            )
             async with background(shedder.monitor(), name="lag-monitor"):
                 await asyncio.sleep(0)  # let it start: a task cancelled unstarted leaves a warning
                 yield
@@ -72,14 +75,18 @@ async def traffic_context(app: web.Application) -> AsyncIterator[None]:
 
 async def _checked_body(request: web.Request, traffic: Traffic) -> None:
     limits = traffic.inputs
+    announced = request.content_length
+    if announced is not None and announced > traffic.max_body_bytes:
+        # Refused on the announced length: waiting for 2 GiB that would be refused anyway is what a
+        # slow sender wants.
+        raise _too_large(request, traffic)
     try:
         body = await read_body(request, limits.body_timeout)
-    except web.HTTPRequestEntityTooLarge:
-        traffic.metrics.refused_requests.labels("body_too_large").inc()
-        raise
-    except RequestTimeout:
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise _too_large(request, traffic) from exc
+    except RequestTimeout as exc:
         traffic.metrics.refused_requests.labels("body_timeout").inc()
-        raise
+        raise _hang_up(request, exc) from None
     content_type = request.content_type
     if body and (content_type in _JSON_TYPES or content_type.endswith("+json")):
         violation = check_json_shape(
@@ -88,6 +95,20 @@ async def _checked_body(request: web.Request, traffic: Traffic) -> None:
         if violation is not None:
             traffic.metrics.refused_requests.labels(violation.reason).inc()
             raise violation.error
+
+
+def _too_large(request: web.Request, traffic: Traffic) -> errors.ApiError:
+    traffic.metrics.refused_requests.labels("body_too_large").inc()
+    limit = traffic.max_body_bytes
+    return _hang_up(request, errors.PayloadTooLarge(f"Request body is larger than {limit} bytes."))
+
+
+def _hang_up(request: web.Request, error: errors.ApiError) -> errors.ApiError:
+    """A body refused before its end is not read to its end: the connection closes after the answer
+    (aiohttp drains at most LINGERING_TIME first, gateway/server.py) instead of waiting on the rest."""
+    request.protocol.close()
+    error.headers["Connection"] = "close"
+    return error
 
 
 @web.middleware

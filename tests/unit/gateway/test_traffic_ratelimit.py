@@ -117,6 +117,7 @@ def payment_request(limits: RateLimits, tenant: str) -> web.Request:
         ConcurrencyLimiter(lambda _: 50),
         LoadShedder(settings.limits.shedding, Metrics()),
         settings.limits.input,
+        settings.server.max_body_bytes,
         Metrics(),
     )
     request = make_mocked_request("POST", "/v1/payments", app=app)
