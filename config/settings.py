@@ -192,6 +192,59 @@ class RoutingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return connectors
 
 
+RiskAction = Literal["challenge", "review", "block"]
+FailMode = Literal["open", "closed"]
+
+
+class RiskRuleSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One rule (``[[risk.rules]]``): a CEL expression over the features of risk/features.py that
+    adds ``score`` (may be negative) and/or forces ``action`` when true; ``shadow`` rules are
+    evaluated, logged and counted, never applied."""
+
+    id: str
+    when: str
+    score: int = 0
+    action: RiskAction | None = None
+    mode: Literal["active", "shadow"] = "active"
+    message: str = ""
+
+
+class RiskThresholds(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A total score at or above a threshold gives that decision."""
+
+    challenge: int = 50
+    review: int = 80
+    block: int = 100
+
+
+class RiskTenantSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[risk.tenants.<id>]``: the tenant's own thresholds, fail mode and extra rules."""
+
+    thresholds: RiskThresholds | None = None
+    fail_mode: FailMode | None = None
+    rules: list[RiskRuleSettings] = msgspec.field(default_factory=list)
+
+
+class RiskSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[risk]`` (DESIGN §9, docs/risk.md)."""
+
+    enabled: bool = True
+    thresholds: RiskThresholds = msgspec.field(default_factory=RiskThresholds)
+    # When the feature read fails or takes longer than feature_timeout: "open" decides on the
+    # request alone (no velocity, no history); "closed" holds the payment for review.
+    fail_mode: FailMode = "open"
+    feature_timeout: float = 0.25
+    rules: list[RiskRuleSettings] = msgspec.field(default_factory=list)
+    tenants: dict[str, RiskTenantSettings] = msgspec.field(default_factory=dict)
+    # Static list entries every tenant shares, "<kind>:<value>" (kinds: ip, email, customer,
+    # device, msisdn, bin); operators add more at /v1/admin/lists.
+    deny: list[str] = msgspec.field(default_factory=list)
+    allow: list[str] = msgspec.field(default_factory=list)
+    otp_ttl: float = 300.0  # seconds an OTP or a device challenge stays valid
+    otp_max_tries: int = 5  # wrong answers before the customer's step-up is locked
+    otp_lockout: float = 1800.0  # seconds the step-up stays locked
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -200,6 +253,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
     connectors: dict[str, ConnectorSettings] = msgspec.field(default_factory=dict)
     routing: RoutingSettings = msgspec.field(default_factory=RoutingSettings)
+    risk: RiskSettings = msgspec.field(default_factory=RiskSettings)
     redis_url: str | None = None
     source: str = "<defaults>"
 
@@ -328,6 +382,7 @@ def _validate(settings: Settings, source: str) -> None:
         if not _TENANT_ID.match(tenant_id):
             raise fail(f"tenants.{tenant_id}", "tenant ids are lower-case letters, digits, '_' or '-'")
     _validate_limits(settings, fail)
+    _validate_risk(settings.risk, fail)
 
 
 def _validate_rate(value: str | None, key: str, fail: Callable[[str, str], ConfigError]) -> None:
@@ -390,3 +445,21 @@ def _validate_shedding_and_input(limits: LimitSettings, fail: Callable[[str, str
     ):
         if getattr(inputs, key) < low:
             raise fail(f"limits.input.{key}", f"must be at least {low}")
+
+
+LIST_KINDS = ("ip", "email", "customer", "device", "msisdn", "bin")
+
+
+def _validate_risk(risk: RiskSettings, fail: Callable[[str, str], ConfigError]) -> None:
+    for where, thresholds in [("risk.thresholds", risk.thresholds)] + [
+        (f"risk.tenants.{t}.thresholds", ts.thresholds) for t, ts in risk.tenants.items() if ts.thresholds
+    ]:
+        if not thresholds.challenge <= thresholds.review <= thresholds.block:
+            raise fail(where, "need challenge <= review <= block")
+    if risk.feature_timeout <= 0 or risk.otp_ttl <= 0 or risk.otp_lockout <= 0 or risk.otp_max_tries < 1:
+        raise fail("risk", "feature_timeout, otp_ttl, otp_lockout and otp_max_tries must be positive")
+    for name in ("deny", "allow"):
+        for entry in getattr(risk, name):
+            kind, _, value = entry.partition(":")
+            if kind not in LIST_KINDS or not value:
+                raise fail(f"risk.{name}", f"{entry!r}: expected <kind>:<value> with a kind in {LIST_KINDS}")

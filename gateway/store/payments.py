@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import asyncpg
 
 from gateway.domain.payment_state import Status, sources
 from gateway.store.pages import Filters, newest_first
+from gateway.store.risk import RiskKeys, count_ctes
 from gateway.store.types import Connection
 
 PAYMENT_COLUMNS = """
@@ -107,30 +108,32 @@ def _refund(record: asyncpg.Record | None) -> Refund | None:
     return Refund(*record) if record is not None else None
 
 
-_INSERT_PAYMENT = f"""
-INSERT INTO payments (id, tenant, status, amount, currency, method, payment_method, capture_method,
-                      customer_id, customer, description, metadata, connector, destination_account,
-                      biller, bill)
-VALUES ($1, $2, 'new', $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13, $14, $15::jsonb)
-RETURNING {PAYMENT_COLUMNS}
+# Both inserts count the payment's velocity keys in the same statement (gateway/store/risk.py):
+# a payment is counted once, whatever the retries.
+_PAYMENT_CTE = """
+WITH payment AS (
+    INSERT INTO payments (id, tenant, status, amount, currency, method, payment_method, capture_method,
+                          customer_id, customer, description, metadata, connector, destination_account,
+                          biller, bill, risk, held_details, risk_keys)
+    VALUES ($1, $2, 'new', $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13,
+            $14, $15::jsonb, $16::jsonb, $17::jsonb, $18::jsonb)
+    RETURNING *
+)"""
+_PAYMENT_PARAMS = 18
+
+_INSERT_PAYMENT = f"""{_PAYMENT_CTE}{count_ctes(2, _PAYMENT_PARAMS + 1)}
+SELECT {PAYMENT_COLUMNS} FROM payment
 """  # noqa: S608 - fixed column list
 
 # Phase 1 of a payment in one statement: the payment, its first attempt, and the idempotency
 # key's recovery point (so a retry after a crash resumes with this attempt id).
-_START_PAYMENT = """
-WITH payment AS (
-    INSERT INTO payments (id, tenant, status, amount, currency, method, payment_method, capture_method,
-                          customer_id, customer, description, metadata, connector, destination_account,
-                          biller, bill)
-    VALUES ($1, $2, 'new', $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13,
-            $14, $15::jsonb)
-    RETURNING id
-), attempt AS (
+_START_PAYMENT = f"""{_PAYMENT_CTE}{count_ctes(2, _PAYMENT_PARAMS + 4)}
+, attempt AS (
     INSERT INTO payment_attempts (id, payment_id, tenant, operation, connector, amount, status)
-    SELECT $16, payment.id, $2, 'authorize', $12, $3, 'started' FROM payment
+    SELECT $19, payment.id, $2, 'authorize', $12, $3, 'started' FROM payment
 )
-UPDATE idempotency_keys SET recovery_point = $18, object_id = $1 WHERE tenant = $2 AND key = $17
-"""
+UPDATE idempotency_keys SET recovery_point = $21, object_id = $1 WHERE tenant = $2 AND key = $20
+"""  # noqa: S608 - fixed fragments
 
 _INSERT_ATTEMPT = """
 INSERT INTO payment_attempts (id, payment_id, tenant, operation, connector, amount, status, refund_id)
@@ -155,10 +158,13 @@ class NewPayment:
     destination_account: str | None = None
     biller: str | None = None
     bill: str | None = None  # JSON text: {"biller", "customer_params", "bill_ref"}
+    risk: str | None = None  # JSON text: the risk decision as the API shows it
+    held_details: str | None = None  # JSON text: what a held payment's connector call will need
+    risk_keys: RiskKeys = field(default_factory=RiskKeys)
 
 
 def _payment_args(payment: NewPayment) -> tuple[object, ...]:
-    """The payment's columns in the order both inserts ($1…$15) expect them."""
+    """The payment's columns in the order both inserts ($1…$18) expect them."""
     return (
         payment.id,
         payment.tenant,
@@ -175,11 +181,14 @@ def _payment_args(payment: NewPayment) -> tuple[object, ...]:
         payment.destination_account,
         payment.biller,
         payment.bill,
+        payment.risk,
+        payment.held_details,
+        payment.risk_keys.as_json() if payment.risk_keys.pairs else None,
     )
 
 
 async def insert_payment(conn: Connection, payment: NewPayment) -> Payment:
-    row = _payment(await conn.fetchrow(_INSERT_PAYMENT, *_payment_args(payment)))
+    row = _payment(await conn.fetchrow(_INSERT_PAYMENT, *_payment_args(payment), *payment.risk_keys.args()))
     assert row is not None
     return row
 
@@ -187,7 +196,14 @@ async def insert_payment(conn: Connection, payment: NewPayment) -> Payment:
 async def start_payment(
     conn: Connection, payment: NewPayment, *, attempt_id: str, idempotency_key: str, recovery_point: str
 ) -> None:
-    await conn.execute(_START_PAYMENT, *_payment_args(payment), attempt_id, idempotency_key, recovery_point)
+    await conn.execute(
+        _START_PAYMENT,
+        *_payment_args(payment),
+        attempt_id,
+        idempotency_key,
+        recovery_point,
+        *payment.risk_keys.args(),
+    )
 
 
 async def fall_back(
