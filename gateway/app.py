@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 
@@ -9,20 +10,26 @@ import aiohttp
 from aiohttp import web
 
 from config.settings import Settings
+from connectors.fx_feed.client import fx_feed_from_settings
 from connectors.http import OutboundClient
+from connectors.messages.client import MessageSender
 from connectors.registry import ConnectorDeps, build_connectors
 from crypto.audit_chain import load_seal_key
 from crypto.keyring import load_kek
 from crypto.pki import PkiPaths
+from crypto.stepup import load_otp_key
 from gateway import VERSION, ops
-from gateway.api import accounts, billers, callbacks, events, openapi, payments, ping, refunds, tokens
+from gateway.api import accounts, billers, callbacks, events, openapi, payments, ping, refunds, risk, tokens
 from gateway.api.screen import screen_middleware
 from gateway.keys import (
     BILLERS,
+    CONFIG,
     CONNECTORS,
     DB_POOL,
+    HOLDS,
     KEYRING,
     METRICS,
+    OUTBOUND,
     PAYMENTS,
     REFUNDS,
     RESOLVER,
@@ -33,10 +40,13 @@ from gateway.metrics import Metrics
 from gateway.middlewares import context_middleware, error_middleware, identity_middleware
 from gateway.services.billers import BillerCatalog
 from gateway.services.bills import BillPoster
+from gateway.services.holds import Holds
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
 from gateway.services.resolver import Resolver
+from gateway.services.risk import RiskService, UsdRates
 from gateway.services.settle import Settler
+from gateway.services.stepup import StepUp
 from gateway.store.db import open_pool
 from gateway.store.keyring import KeyringCache
 from gateway.tls import TlsContextHolder
@@ -45,7 +55,9 @@ from gateway.workers.audit_sealer import run_sealer
 from gateway.workers.daily_recon import run_daily_recon
 from gateway.workers.pruner import run_pruner
 from gateway.workers.resolver import run_resolver
+from gateway.workers.risk import run_challenge_expiry, run_usd_rates
 from gateway.workers.tasks import background
+from risk.geo import StaticIpCountries
 
 # New encryption picks up a key rotated by another process within this many seconds.
 KEYRING_MAX_AGE = 60.0
@@ -53,6 +65,8 @@ RESOLVER_INTERVAL = 0.5
 PRUNE_INTERVAL = 600.0
 DAILY_RECON_INTERVAL = 3600.0
 OUTBOUND_CONNECTIONS = 256  # total keep-alive connections to processors and billers
+USD_RATES_INTERVAL = 30.0
+CHALLENGE_EXPIRY_INTERVAL = 5.0
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -88,9 +102,43 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
     app[PAYMENTS].bills = bills
     app[RESOLVER] = Resolver(app[DB_POOL], app[PAYMENTS], app[REFUNDS], bills, app[METRICS])
     async with (
+        _risk(app, settler),
         background(run_resolver(app[RESOLVER], RESOLVER_INTERVAL, app[METRICS]), name="resolver"),
         background(run_pruner(app[DB_POOL], PRUNE_INTERVAL), name="idempotency-pruner"),
         background(run_daily_recon(app[DB_POOL], app[BILLERS], DAILY_RECON_INTERVAL), name="daily-recon"),
+    ):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _risk(app: web.Application, settler: Settler) -> AsyncIterator[None]:
+    """Risk screening, step-up and the review queue, with their loops (USD rates, expiring
+    challenges); a rule that does not compile stops start-up (ConfigError naming it)."""
+    settings = app[SETTINGS]
+    if not settings.risk.enabled:
+        yield
+        return
+    payments = app[PAYMENTS]
+    usd = UsdRates()
+    risk = RiskService(
+        app[DB_POOL],
+        settings.risk,
+        tenants=list(settings.tenants),
+        usd=usd,
+        ip_countries=StaticIpCountries(),
+        metrics=app[METRICS],
+    )
+    sender = MessageSender(settings, app[OUTBOUND])
+    stepup = StepUp(settings.risk, load_otp_key(settings.keys_dir), sender, app[METRICS])
+    holds = Holds(app[DB_POOL], settler, stepup, payments)
+    payments.risk, payments.holds = risk, holds
+    app[HOLDS] = holds
+    if CONFIG in app:
+        app[CONFIG].subscribe(lambda _old, new: risk.reload(new.risk, list(new.tenants)))
+    feed = fx_feed_from_settings(settings, app[OUTBOUND])
+    async with (
+        background(run_usd_rates(feed, usd, USD_RATES_INTERVAL), name="usd-rates"),
+        background(run_challenge_expiry(holds, CHALLENGE_EXPIRY_INTERVAL), name="challenge-expiry"),
     ):
         yield
 
@@ -100,7 +148,8 @@ async def _connectors(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=OUTBOUND_CONNECTIONS), raise_for_status=False
     ) as session:
-        deps = ConnectorDeps(app[SETTINGS], OutboundClient(session, app[METRICS]), app[METRICS])
+        app[OUTBOUND] = OutboundClient(session, app[METRICS])
+        deps = ConnectorDeps(app[SETTINGS], app[OUTBOUND], app[METRICS])
         connectors = build_connectors(app[SETTINGS], deps)
         await connectors.start()
         app[CONNECTORS] = connectors
@@ -155,6 +204,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     events.setup(app)
     billers.setup(app)
     callbacks.setup(app)
+    risk.setup(app)
     openapi.setup(app)
     return app
 

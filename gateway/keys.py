@@ -6,11 +6,13 @@ import asyncpg
 from aiohttp import web
 
 from config.settings import Settings
+from connectors.http import OutboundClient
 from connectors.registry import Connectors
 from gateway.identity import Identity
 from gateway.metrics import Metrics
 from gateway.reload import ConfigReloader
 from gateway.services.billers import BillerCatalog
+from gateway.services.holds import Holds
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
 from gateway.services.resolver import Resolver
@@ -29,6 +31,8 @@ BILLERS = web.AppKey("billers", BillerCatalog)
 PAYMENTS = web.AppKey("payments", PaymentService)
 REFUNDS = web.AppKey("refunds", RefundService)
 RESOLVER = web.AppKey("resolver", Resolver)
+HOLDS = web.AppKey("holds", Holds)  # held payments: step-up answers and the review queue
+OUTBOUND = web.AppKey("outbound", OutboundClient)  # the one outbound HTTP client
 
 # Request-scoped values (set by middlewares).
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -39,9 +43,11 @@ __all__ = [
     "CONFIG",
     "CONNECTORS",
     "DB_POOL",
+    "HOLDS",
     "IDENTITY",
     "KEYRING",
     "METRICS",
+    "OUTBOUND",
     "PAYMENTS",
     "REFUNDS",
     "REQUEST_ID",

@@ -153,6 +153,27 @@ class Metrics:
             registry=r, multiprocess_mode="max",
         )  # fmt: skip
 
+        self.risk_decisions = Counter(
+            "payhub_risk_decisions", "Risk decisions by decision (allow, challenge, review, block)",
+            ["decision"], registry=r,
+        )  # fmt: skip
+        self.risk_rule_hits = Counter(
+            "payhub_risk_rule_hits", "Rules that matched, by rule id and mode (active, shadow)",
+            ["rule", "mode"], registry=r,
+        )  # fmt: skip
+        self.risk_feature_failures = Counter(
+            "payhub_risk_feature_failures", "Feature reads that failed or timed out, by fail mode applied",
+            ["fail_mode"], registry=r,
+        )  # fmt: skip
+        self.risk_rule_errors = Counter(
+            "payhub_risk_rule_errors", "Rules whose evaluation raised (counted as not matched)",
+            ["rule"], registry=r,
+        )  # fmt: skip
+        self.risk_challenges = Counter(
+            "payhub_risk_challenges", "Step-up challenges by kind and result (issued, passed, wrong, …)",
+            ["kind", "result"], registry=r,
+        )  # fmt: skip
+
     def watch_pool(self, stats: Callable[[], tuple[int, int, int] | None]) -> None:
         self.registry.register(PoolCollector(stats))
 

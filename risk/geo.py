@@ -11,6 +11,7 @@ signal, it must never fail a payment.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from typing import Protocol
@@ -109,6 +110,8 @@ class StaticIpCountries:
         return None
 
 
+# Parsing costs ~10 µs and a customer pays from the same phone again and again.
+@functools.lru_cache(maxsize=8192)
 def phone_country(e164: str) -> str | None:
     """Region of an E.164 phone number (``+8613800138000`` → ``CN``); None when unparseable."""
     try:

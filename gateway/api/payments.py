@@ -11,7 +11,7 @@ from gateway import errors
 from gateway.api.common import json_response, read_json
 from gateway.api.lists import page_params, render_list, unknown_cursor
 from gateway.api.routes import CLIENT, add
-from gateway.keys import DB_POOL, PAYMENTS
+from gateway.keys import DB_POOL, HOLDS, PAYMENTS
 from gateway.middlewares import require_identity
 from gateway.services.idempotent import KeyedRequest, Outcome, require_key
 from gateway.store import payments as store
@@ -58,6 +58,17 @@ async def capture_payment(request: web.Request) -> web.Response:
     outcome = await service.capture(
         identity, request.match_info["id"], params.amount_to_capture, keyed, request.remote
     )
+    return outcome_response(outcome)
+
+
+async def confirm_payment(request: web.Request) -> web.Response:
+    identity = require_identity(request)
+    params = await read_json(request, schemas.ConfirmPaymentRequest)
+    keyed = await keyed_request(request, identity.tenant)
+    holds = request.app.get(HOLDS)
+    if holds is None:
+        raise errors.Conflict("Risk screening is off: no payment waits for a step-up.")
+    outcome = await holds.confirm(identity, request.match_info["id"], params, keyed, request.remote)
     return outcome_response(outcome)
 
 
@@ -152,5 +163,6 @@ def setup(app: web.Application) -> None:
     add(app, "POST", "/v1/payments", create_payment, roles=CLIENT)
     add(app, "GET", "/v1/payments", list_payments, roles=CLIENT)
     add(app, "GET", "/v1/payments/{id}", get_payment, roles=CLIENT)
+    add(app, "POST", "/v1/payments/{id}/confirm", confirm_payment, roles=CLIENT)
     add(app, "POST", "/v1/payments/{id}/capture", capture_payment, roles=CLIENT)
     add(app, "POST", "/v1/payments/{id}/cancel", cancel_payment, roles=CLIENT)

@@ -22,6 +22,7 @@ class PreparedMethod:
     display: dict[str, Any]
     card: CardData | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None  # a card's keyed HMAC (hex): its velocity key, never the PAN
 
 
 def money(amount: int, currency: str) -> tuple[int, str]:

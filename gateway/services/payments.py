@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import msgspec
@@ -45,14 +45,22 @@ from gateway.services.inputs import (
     refuse_card_numbers,
 )
 from gateway.services.outcomes import Decision, after_authorize, after_capture, after_error, after_void
+from gateway.services.risk import RiskService, Screening
 from gateway.services.settle import HUB, Caller, Settler, book
 from gateway.store import idempotency, ledger
 from gateway.store import payments as store
 from gateway.store.idempotency import Claimed
 from gateway.store.keyring import KeyringCache
+from gateway.store.risk import RiskKeys
 from gateway.store.types import Connection
 from gateway.store.vault import get_card, reveal_pan, vault_card
 from gateway.views import schemas
+from risk.decision import Reason
+from risk.features import PaymentFacts
+from risk.rules import Action
+
+if TYPE_CHECKING:
+    from gateway.services.holds import Holds
 
 log = get_logger("gateway.payments")
 
@@ -74,6 +82,15 @@ def _mismatch(result: ConnectorResult, *, amount: int, currency: str) -> str | N
     return None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Released:
+    """A held payment moved to processing with a new authorize attempt."""
+
+    payment: store.Payment
+    held_details: str | None
+    attempt_id: str
+
+
 class PaymentService:
     def __init__(
         self,
@@ -84,6 +101,8 @@ class PaymentService:
         settler: Settler,
     ) -> None:
         self.bills: BillPoster | None = None  # set when biller connectors are configured
+        self.risk: RiskService | None = None  # set when risk screening is on
+        self.holds: Holds | None = None  # step-up and review of held payments, set with risk
         self._pool = pool
         self._keyring = keyring
         self._connectors = connectors
@@ -184,6 +203,28 @@ class PaymentService:
 
         return await run_idempotent(self._pool, keyed, work)
 
+    async def _screen(
+        self,
+        tenant: str,
+        params: schemas.CreatePaymentRequest,
+        amount: int,
+        currency: str,
+        prepared: PreparedMethod | None,
+    ) -> Screening | None:
+        """The risk decision (None when risk screening is off)."""
+        if self.risk is None:
+            return None
+        facts = payment_facts(
+            tenant,
+            params,
+            amount=amount,
+            currency=currency,
+            prepared=prepared,
+            amount_usd=self.risk.amount_usd(amount, currency),
+        )
+        fingerprint = prepared.fingerprint if prepared is not None else None
+        return await self.risk.screen(facts, card_fingerprint=fingerprint)
+
     def _candidates(self, method: str) -> list[PaymentConnector]:
         candidates = [
             self._connectors[name] for name in self._routing.get(method, ()) if name in self._connectors
@@ -212,29 +253,39 @@ class PaymentService:
             )
         candidates = self._candidates(method.type)
         prepared = await self._prepare(tenant, method)
+        screening = await self._screen(tenant, params, amount, currency, prepared)
         payment_id, attempt_id = new_id("pay"), new_id("att")
         customer = params.customer
         assert caller.keyed is not None
+        payment = store.NewPayment(
+            id=payment_id,
+            tenant=tenant,
+            amount=amount,
+            currency=currency,
+            method=method.type,
+            payment_method=orjson.dumps(prepared.display).decode(),
+            capture_method=params.capture_method,
+            customer_id=customer.id if customer else None,
+            customer=_customer_json(customer),
+            description=params.description,
+            metadata=orjson.dumps(params.metadata).decode(),
+            connector=candidates[0].name,
+            destination_account=destination,
+            biller=params.bill.biller if params.bill else None,
+            bill=_bill_json(params.bill),
+            risk=_risk_json(screening),
+            risk_keys=screening.keys if screening else RiskKeys(),
+        )
+        if screening is not None and screening.decision.action is not Action.ALLOW:
+            assert self.holds is not None  # set with the risk service
+            if method.type in HOLDABLE:
+                payment = dataclasses.replace(payment, held_details=_held_json(prepared))
+                return await self.holds.hold(payment, screening, customer, caller)
+            return await self.holds.hold(payment, not_holdable(screening, method.type), customer, caller)
         async with self._pool.acquire() as conn:
             await store.start_payment(
                 conn,
-                store.NewPayment(
-                    id=payment_id,
-                    tenant=tenant,
-                    amount=amount,
-                    currency=currency,
-                    method=method.type,
-                    payment_method=orjson.dumps(prepared.display).decode(),
-                    capture_method=params.capture_method,
-                    customer_id=customer.id if customer else None,
-                    customer=_customer_json(customer),
-                    description=params.description,
-                    metadata=orjson.dumps(params.metadata).decode(),
-                    connector=candidates[0].name,
-                    destination_account=destination,
-                    biller=params.bill.biller if params.bill else None,
-                    bill=_bill_json(params.bill),
-                ),
+                payment,
                 attempt_id=attempt_id,
                 idempotency_key=caller.keyed.key,
                 recovery_point=RECOVERY_ATTEMPT_CREATED,
@@ -275,7 +326,13 @@ class PaymentService:
             return await self._settler.current(conn, tenant, payment_id, caller)
 
     async def _authorize(
-        self, request: PaymentRequest, candidates: list[PaymentConnector], caller: Caller, *, has_bill: bool
+        self,
+        request: PaymentRequest,
+        candidates: list[PaymentConnector],
+        caller: Caller,
+        *,
+        has_bill: bool,
+        action: str = "payment.create",
     ) -> Outcome:
         """Phases 2 and 3 of a create: the connector call (with fallback), then apply."""
         tenant, payment_id, attempt_id = request.tenant, request.payment_id, request.attempt_id
@@ -308,7 +365,9 @@ class PaymentService:
                 break
         decision = collected_for_bill(decision, current=Status.NEW) if has_bill else decision
         async with self._pool.acquire() as conn, conn.transaction():
-            outcome = await self._apply_create(conn, tenant, payment_id, attempt_id, decision, caller=caller)
+            outcome = await self._apply_create(
+                conn, tenant, payment_id, attempt_id, decision, caller=caller, action=action
+            )
         return await self._post_if_collected(tenant, payment_id, decision, outcome, caller)
 
     async def _apply_create(
@@ -320,11 +379,79 @@ class PaymentService:
         decision: Decision,
         *,
         caller: Caller,
+        action: str = "payment.create",
     ) -> Outcome:
         """Phase 3 of a create; a bill payment's response is stored only after its posting."""
         answering = caller.unkeyed() if decision.post_bill else caller
         return await self._settler.payment(
-            conn, tenant, payment_id, attempt_id, decision, caller=answering, action="payment.create"
+            conn, tenant, payment_id, attempt_id, decision, caller=answering, action=action
+        )
+
+    # ---- held payments go on (step-up passed, review approved) -----------------------------------
+
+    async def release(
+        self, conn: Connection, row: store.Payment, caller: Caller, *, allowed: frozenset[Status]
+    ) -> Released | None:
+        """Phase 1 for a held payment, in the caller's transaction: to processing, with its attempt."""
+        attempt_id = new_id("att")
+        released = await store.release_held(
+            conn,
+            tenant=row.tenant,
+            payment_id=row.id,
+            allowed=sorted(allowed),
+            attempt_id=attempt_id,
+            connector=self._candidates(row.method)[0].name,
+            idempotency_key=caller.key,
+            recovery_point=RECOVERY_ATTEMPT_CREATED,
+        )
+        return Released(released[0], released[1], attempt_id) if released is not None else None
+
+    async def authorize_released(self, released: Released, caller: Caller, *, action: str) -> Outcome:
+        """Phases 2 and 3 for a released payment (also a retry after a crash, same attempt id)."""
+        row = released.payment
+        connector = self._connectors.get(row.connector or "")
+        candidates = self._candidates(row.method)
+        if connector is not None and connector in candidates:
+            candidates = candidates[candidates.index(connector) :]
+        request = await self._held_request(row, released.held_details, released.attempt_id)
+        return await self._authorize(
+            request, candidates, caller, has_bill=row.biller is not None, action=action
+        )
+
+    async def resume_released(self, tenant: str, payment_id: str, caller: Caller, *, action: str) -> Outcome:
+        """A retried confirm whose first run stopped after releasing the payment: same attempt."""
+        async with self._pool.acquire() as conn:
+            row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
+            attempt = await store.latest_attempt(conn, payment_id=payment_id, operation="authorize")
+            details = await store.held_details(conn, payment_id=payment_id)
+        assert row is not None
+        if attempt is not None and attempt.status == "started":
+            return await self.authorize_released(Released(row, details, attempt.id), caller, action=action)
+        async with self._pool.acquire() as conn:
+            return await self._settler.current(conn, tenant, payment_id, caller)
+
+    async def _held_request(self, row: store.Payment, held: str | None, attempt_id: str) -> PaymentRequest:
+        card = None
+        if row.method == "card":
+            display = orjson.loads(row.payment_method)["card"]
+            async with self._pool.acquire() as conn:
+                pan = await reveal_pan(conn, self._keyring, tenant=row.tenant, token_id=display["token"])
+            if pan is None:
+                raise errors.Conflict("The payment's vaulted card is no longer available.")
+            # The CVC was never stored (DESIGN §7): a released card payment goes without it.
+            card = CardData(pan, display["exp_month"], display["exp_year"], None, None)
+        return PaymentRequest(
+            attempt_id=attempt_id,
+            payment_id=row.id,
+            tenant=row.tenant,
+            amount=row.amount,
+            currency=row.currency,
+            method=row.method,
+            capture=row.capture_method == "automatic",
+            card=card,
+            details=orjson.loads(held) if held else {},
+            customer=orjson.loads(row.customer) if row.customer else {},
+            description=row.description,
         )
 
     async def _post_if_collected(
@@ -405,7 +532,7 @@ class PaymentService:
             },
         }
         data = CardData(pan, d.exp_month, d.exp_year, card.cvc, card.holder_name)
-        return PreparedMethod(display, card=data)
+        return PreparedMethod(display, card=data, fingerprint=stored.fingerprint.hex())
 
     async def _create_balance_payment(
         self,
@@ -426,6 +553,9 @@ class PaymentService:
         payment_id = new_id("pay")
         bill = params.bill
         assert caller.keyed is not None
+        screening = await self._screen(tenant, params, amount, currency, None)
+        if screening is not None and screening.decision.action is not Action.ALLOW:
+            screening = not_holdable(screening, "balance")
         async with self._pool.acquire() as conn, conn.transaction():
             account = await ledger.get_customer_account(conn, tenant=tenant, account_id=account_id)
             if account is None:
@@ -456,8 +586,13 @@ class PaymentService:
                     connector=None,
                     biller=bill.biller if bill else None,
                     bill=_bill_json(bill),
+                    risk=_risk_json(screening),
+                    risk_keys=screening.keys if screening else RiskKeys(),
                 ),
             )
+            if screening is not None and screening.decision.action is Action.BLOCK:
+                outcome = await self._apply_create(conn, tenant, payment_id, None, BLOCKED, caller=caller)
+                return outcome
             try:
                 async with conn.transaction():  # savepoint: an overdraft fails the payment, not the request
                     await book(conn, row, Movement.COLLECT, Result.SUCCEEDED, amount)
@@ -779,3 +914,73 @@ def _customer_dict(customer: schemas.CustomerInput | None) -> dict[str, Any]:
 
 def _customer_json(customer: schemas.CustomerInput | None) -> str | None:
     return orjson.dumps(_customer_dict(customer)).decode() if customer is not None else None
+
+
+# ---- risk ----------------------------------------------------------------------------------------
+
+# Methods whose connector call can wait for a step-up or a review: the hub can rebuild it from what
+# it keeps (a card from its vault token; a bank account number or a wallet provider in
+# held_details). A prepaid code is a bearer secret the hub does not keep, and a balance payment is
+# decided at once, so for those a held decision refuses the payment instead.
+HOLDABLE = frozenset({"card", "bank_transfer", "wallet"})
+
+BLOCKED = Decision(
+    store.PaymentUpdate(Status.FAILED, failure_code="risk_blocked", failure_message="Blocked by risk rules."),
+    "failed",
+    "payment.failed",
+    0,
+)
+
+
+def _risk_json(screening: Screening | None) -> str | None:
+    return orjson.dumps(screening.decision.as_json()).decode() if screening is not None else None
+
+
+def _held_json(prepared: PreparedMethod) -> str | None:
+    return orjson.dumps(dict(prepared.details)).decode() if prepared.details else None
+
+
+def not_holdable(screening: Screening, method: str) -> Screening:
+    """A challenge or review for a method that cannot be held becomes a block, with the reason."""
+    decision = screening.decision
+    if decision.action is Action.BLOCK:
+        return screening
+    reason = Reason(
+        "not_holdable",
+        f"A {method} payment cannot wait for a step-up or a review.",
+        {"method": method, "decision": decision.action.label},
+        0,
+        Action.BLOCK.label,
+    )
+    blocked = dataclasses.replace(decision, action=Action.BLOCK, reasons=(*decision.reasons, reason))
+    return dataclasses.replace(screening, decision=blocked)
+
+
+def payment_facts(
+    tenant: str,
+    params: schemas.CreatePaymentRequest,
+    *,
+    amount: int,
+    currency: str,
+    prepared: PreparedMethod | None,
+    amount_usd: float | None,
+) -> PaymentFacts:
+    customer = params.customer or schemas.CustomerInput()
+    card = prepared.display.get("card") if prepared is not None else None
+    msisdn = params.bill.customer_params.get("msisdn") if params.bill is not None else None
+    return PaymentFacts(
+        tenant=tenant,
+        amount=amount,
+        currency=currency,
+        amount_usd=amount_usd,
+        method=params.payment_method.type,
+        card_bin=card["bin"] if card else None,
+        card_brand=card["brand"] if card else None,
+        customer_id=customer.id,
+        email=customer.email,
+        phone=customer.phone,
+        ip=customer.ip,
+        device_id=customer.device_id,
+        msisdn=msisdn,
+        biller=params.bill.biller if params.bill is not None else None,
+    )

@@ -735,3 +735,79 @@ async def park_posting(
         posting,
         recheck_in,
     )
+
+
+# A held payment (step-up passed, review approved) goes on to its connector: the move to
+# `processing`, its authorize attempt and the key's recovery point in one statement.
+_RELEASE_HELD = f"""
+WITH moved AS (
+    UPDATE payments SET status = 'processing', next_action = NULL, connector = $5
+    WHERE id = $1 AND tenant = $2 AND status = ANY($3::text[])
+    RETURNING {PAYMENT_COLUMNS}, held_details::text
+), attempt AS (
+    INSERT INTO payment_attempts (id, payment_id, tenant, operation, connector, amount, status)
+    SELECT $4, moved.id, $2, 'authorize', $5, moved.amount, 'started' FROM moved
+), recovery AS (
+    UPDATE idempotency_keys SET recovery_point = $7, object_id = $1
+    WHERE tenant = $2 AND key = $6 AND EXISTS (SELECT 1 FROM moved)
+)
+SELECT * FROM moved
+"""  # noqa: S608 - fixed column list
+
+
+async def release_held(
+    conn: Connection,
+    *,
+    tenant: str,
+    payment_id: str,
+    allowed: Sequence[str],
+    attempt_id: str,
+    connector: str,
+    idempotency_key: str | None,
+    recovery_point: str,
+) -> tuple[Payment, str | None] | None:
+    """→ (payment, held_details JSON) if it was held in one of ``allowed``; None if not (any more)."""
+    row = await conn.fetchrow(
+        _RELEASE_HELD,
+        payment_id,
+        tenant,
+        list(allowed),
+        attempt_id,
+        connector,
+        idempotency_key,
+        recovery_point,
+    )
+    return (Payment.of(row), row["held_details"]) if row is not None else None
+
+
+async def held_details(conn: Connection, *, payment_id: str) -> str | None:
+    details: str | None = await conn.fetchval(
+        "SELECT held_details::text FROM payments WHERE id = $1", payment_id
+    )
+    return details
+
+
+async def under_review(
+    conn: Connection, *, limit: int, starting_after: tuple[datetime, str] | None
+) -> list[Payment]:
+    """The review queue across tenants, oldest first (operators work it in arrival order)."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {PAYMENT_COLUMNS} FROM payments
+        WHERE status = 'under_review' AND ($2::timestamptz IS NULL OR (created, id) > ($2, $3))
+        ORDER BY created, id LIMIT $1
+        """,  # noqa: S608 - fixed column list
+        limit,
+        starting_after[0] if starting_after else None,
+        starting_after[1] if starting_after else None,
+    )
+    return [Payment.of(row) for row in rows]
+
+
+async def get_payment_any_tenant(conn: Connection, *, payment_id: str) -> Payment | None:
+    """For operator routes only (they act across tenants): the payment whatever its tenant."""
+    row = await conn.fetchrow(
+        f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1",  # noqa: S608 - fixed column list
+        payment_id,
+    )
+    return Payment.of(row) if row is not None else None

@@ -66,3 +66,28 @@ def refund(row: Any) -> schemas.Refund:
 
 def encode(value: Any) -> bytes:
     return _ENCODER.encode(value)
+
+
+def device(row: Any) -> schemas.Device:
+    return schemas.Device(row.id, row.customer_id, row.device_id, timestamp(row.created))
+
+
+def list_entry(row: Any) -> schemas.ListEntry:
+    return schemas.ListEntry(
+        row.id, row.list, row.kind, row.value, row.tenant, row.note, row.created_by, timestamp(row.created)
+    )
+
+
+def review(row: Any) -> schemas.Review:
+    """A payment under review as the operator queue shows it (the id names the payment)."""
+    risk = _json(row.risk)
+    return schemas.Review(
+        id="rev_" + row.id.removeprefix("pay_"),
+        payment=row.id,
+        tenant=row.tenant,
+        amount=row.amount,
+        currency=row.currency,
+        method=row.method,
+        risk=msgspec.convert(risk, schemas.Risk) if risk is not None else None,
+        created=timestamp(row.created),
+    )

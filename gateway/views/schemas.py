@@ -144,6 +144,36 @@ class CapturePaymentRequest(Input):
     amount_to_capture: Amount | None = None
 
 
+class ConfirmPaymentRequest(Input):
+    """The answer to a step-up challenge: the one-time code, or the device's signature."""
+
+    otp: Annotated[str, Meta(pattern=r"^[0-9]{6}$")] | None = None
+    device_signature: (
+        Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9+/=]+$")] | None
+    ) = None
+
+
+class CreateDeviceRequest(Input):
+    """A device's Ed25519 public key (32 bytes, base64), unlocked on the device by biometrics."""
+
+    customer: Text64
+    device_id: Text64
+    public_key: Annotated[str, Meta(min_length=43, max_length=44, pattern=r"^[A-Za-z0-9+/]{43}=?$")]
+
+
+class ListEntryRequest(Input):
+    """An allow or deny list entry; no tenant: every tenant's payments."""
+
+    kind: Literal["ip", "email", "customer", "device", "msisdn", "bin"]
+    value: Annotated[str, Meta(min_length=1, max_length=320, pattern=r"^[!-~]+$")]
+    tenant: Text64 | None = None
+    note: ShortText | None = None
+
+
+class ReviewDecisionRequest(Input):
+    note: ShortText | None = None
+
+
 class CancelPaymentRequest(Input):
     cancellation_reason: Literal["duplicate", "fraudulent", "requested_by_customer", "abandoned"] | None = (
         None
@@ -186,6 +216,39 @@ class Risk(Struct):
     score: int
     decision: Literal["allow", "challenge", "review", "block"]
     reasons: list[dict[str, Any]]
+    ruleset: str | None = None  # the version of the rules that decided
+
+
+class Device(Struct):
+    id: str
+    customer: str
+    device_id: str
+    created: str
+    object: Literal["device"] = "device"
+
+
+class ListEntry(Struct):
+    id: str
+    list: Literal["allow", "deny"]
+    kind: str
+    value: str
+    tenant: str | None
+    note: str | None
+    created_by: str
+    created: str
+    object: Literal["list_entry"] = "list_entry"
+
+
+class Review(Struct):
+    id: str
+    payment: str
+    tenant: str
+    amount: int
+    currency: str
+    method: str
+    risk: Risk | None
+    created: str
+    object: Literal["review"] = "review"
 
 
 class Payment(Struct):

@@ -1,0 +1,1 @@
+"""Outbound messages (SMS, e-mail, push) through the message sink's HTTP API."""
