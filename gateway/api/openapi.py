@@ -79,7 +79,15 @@ NO_CONTROLS = schemas.NO_CONTROLS
 PRINTABLE_ASCII = "^[!-~]+$"
 # An all-dot segment is not an id: URL normalisation would turn ".." into the parent path.
 PATH_ID = r"^(?!\.{1,2}$)[!-~]+$"
-ID_PREFIXES = {"payments": "pay", "refunds": "re", "accounts": "acct", "events": "evt", "billers": "bil"}
+ID_PREFIXES = {
+    "payments": "pay",
+    "refunds": "re",
+    "accounts": "acct",
+    "events": "evt",
+    "billers": "bil",
+    "reviews": "rev",
+    "admin": "rle",
+}
 # gateway/services/payments.py (topup): a balance is funded by a card or a bank transfer only.
 TOPUP_METHODS = ("bank_transfer", "card")
 # gateway/api/payments.py: amount filters are 1 to 12 ASCII digits; times are RFC 3339 with a zone
@@ -246,6 +254,80 @@ OPERATIONS: tuple[Operation, ...] = (
         schemas.Payment,
         request=schemas.CancelPaymentRequest,
         moves_money=True,
+    ),
+    Operation(
+        "POST",
+        "/v1/payments/{id}/confirm",
+        "confirmPayment",
+        "Answer a payment's step-up challenge (OTP or device signature)",
+        "payments",
+        schemas.Payment,
+        request=schemas.ConfirmPaymentRequest,
+        moves_money=True,
+    ),
+    Operation(
+        "POST",
+        "/v1/devices",
+        "createDevice",
+        "Register a device's Ed25519 public key for device-signature step-up",
+        "risk",
+        schemas.Device,
+        request=schemas.CreateDeviceRequest,
+    ),
+    Operation(
+        "GET",
+        "/v1/reviews",
+        "listReviews",
+        "Payments waiting for an operator's review, oldest first (operator role)",
+        "risk",
+        None,
+        list_of=schemas.Review,
+        query=LIST_PARAMS,
+    ),
+    Operation(
+        "POST",
+        "/v1/reviews/{id}/approve",
+        "approveReview",
+        "Release a payment held for review to its connector (operator role)",
+        "risk",
+        schemas.Payment,
+        request=schemas.ReviewDecisionRequest,
+    ),
+    Operation(
+        "POST",
+        "/v1/reviews/{id}/reject",
+        "rejectReview",
+        "Fail a payment held for review (operator role)",
+        "risk",
+        schemas.Payment,
+        request=schemas.ReviewDecisionRequest,
+    ),
+    Operation(
+        "GET",
+        "/v1/admin/lists/{list}",
+        "getRiskList",
+        "The allow or deny list's newest entries (operator role)",
+        "risk",
+        None,
+        list_of=schemas.ListEntry,
+        query=(LIST_PARAMS[0],),
+    ),
+    Operation(
+        "POST",
+        "/v1/admin/lists/{list}",
+        "addRiskListEntry",
+        "Add an entry to the allow or deny list (operator role)",
+        "risk",
+        schemas.ListEntry,
+        request=schemas.ListEntryRequest,
+    ),
+    Operation(
+        "DELETE",
+        "/v1/admin/lists/{list}/{id}",
+        "deleteRiskListEntry",
+        "Remove an entry from the allow or deny list (operator role)",
+        "risk",
+        schemas.ListEntry,
     ),
     Operation(
         "POST",
@@ -454,6 +536,14 @@ def _path_param(op: Operation, name: str) -> dict[str, Any]:
             "matches nothing, or another tenant's object, answers 404."
         )
         example = f"{prefix}_cn_power" if prefix == "bil" else f"{prefix}_1a2B3c4D5e6F7g8H9i0J1k2L"
+    elif name == "list":
+        return {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "description": "Which list: `allow` or `deny` (anything else: 404).",
+            "schema": {"type": "string", "enum": ["allow", "deny"]},
+        }
     else:
         description = "A connector's name, as in the `[connectors.<name>]` configuration; unknown: 404."
         example = "bank_transfer"

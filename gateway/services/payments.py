@@ -254,6 +254,8 @@ class PaymentService:
         candidates = self._candidates(method.type)
         prepared = await self._prepare(tenant, method)
         screening = await self._screen(tenant, params, amount, currency, prepared)
+        if screening is not None and method.type not in HOLDABLE:
+            screening = not_holdable(screening, method.type)
         payment_id, attempt_id = new_id("pay"), new_id("att")
         customer = params.customer
         assert caller.keyed is not None
@@ -278,10 +280,8 @@ class PaymentService:
         )
         if screening is not None and screening.decision.action is not Action.ALLOW:
             assert self.holds is not None  # set with the risk service
-            if method.type in HOLDABLE:
-                payment = dataclasses.replace(payment, held_details=_held_json(prepared))
-                return await self.holds.hold(payment, screening, customer, caller)
-            return await self.holds.hold(payment, not_holdable(screening, method.type), customer, caller)
+            payment = dataclasses.replace(payment, held_details=_held_json(prepared))
+            return await self.holds.hold(payment, screening, customer, caller)
         async with self._pool.acquire() as conn:
             await store.start_payment(
                 conn,
@@ -554,7 +554,7 @@ class PaymentService:
         bill = params.bill
         assert caller.keyed is not None
         screening = await self._screen(tenant, params, amount, currency, None)
-        if screening is not None and screening.decision.action is not Action.ALLOW:
+        if screening is not None:
             screening = not_holdable(screening, "balance")
         async with self._pool.acquire() as conn, conn.transaction():
             account = await ledger.get_customer_account(conn, tenant=tenant, account_id=account_id)
@@ -943,7 +943,7 @@ def _held_json(prepared: PreparedMethod) -> str | None:
 def not_holdable(screening: Screening, method: str) -> Screening:
     """A challenge or review for a method that cannot be held becomes a block, with the reason."""
     decision = screening.decision
-    if decision.action is Action.BLOCK:
+    if decision.action in (Action.ALLOW, Action.BLOCK):
         return screening
     reason = Reason(
         "not_holdable",

@@ -23,6 +23,7 @@ from gateway.metrics import Metrics
 from gateway.services.idempotent import KeyedRequest, Outcome
 from gateway.services.outcomes import Decision
 from gateway.store import idempotency, ledger
+from gateway.store import risk as risk_store
 from gateway.store import payments as store
 from gateway.store.outcomes import OutcomeRecord, record_outcome
 from gateway.store.types import Connection
@@ -196,6 +197,9 @@ class Settler:
             return await self.current(conn, tenant, payment_id, caller)
         if row.method != "balance":
             await _book_collection(conn, row, decision)
+        if attempt_id and row.status == Status.FAILED:
+            # A decline at the connector counts against the payment's velocity keys (card testing).
+            await risk_store.count_decline(conn, payment_id=payment_id)
         if decision.post_bill:
             # Recorded with the collection, so the posting exists before the biller is called and
             # the resolver finds it even if this process dies right after the commit.

@@ -118,10 +118,10 @@ SELECT
     (SELECT coalesce(jsonb_agg(to_jsonb(velocity)), '[]') FROM velocity)::text,
     (SELECT coalesce(jsonb_agg(to_jsonb(distinct_msisdn)), '[]') FROM distinct_msisdn)::text,
     (SELECT min(created) FROM payments WHERE tenant = $1 AND customer_id = $4),
-    ($5::text IS NOT NULL AND (
-        EXISTS (SELECT 1 FROM payments WHERE tenant = $1 AND customer_id = $4 AND status = 'succeeded'
-                AND customer ->> 'device_id' = $5)
-        OR EXISTS (SELECT 1 FROM risk_devices WHERE tenant = $1 AND customer_id = $4 AND device_id = $5))),
+    -- Known: the customer has paid from it. A registered step-up key alone does not make it known.
+    ($5::text IS NOT NULL AND EXISTS (
+        SELECT 1 FROM payments WHERE tenant = $1 AND customer_id = $4 AND status = 'succeeded'
+        AND customer ->> 'device_id' = $5)),
     (SELECT coalesce(sum(tries), 0) FROM risk_challenges
         WHERE tenant = $1 AND customer_id = $4 AND created > now() - interval '24 hours'),
     (SELECT until FROM risk_lockouts WHERE tenant = $1 AND customer_id = $4 AND until > now()),
