@@ -23,8 +23,8 @@ from gateway.metrics import Metrics
 from gateway.services.idempotent import KeyedRequest, Outcome
 from gateway.services.outcomes import Decision
 from gateway.store import idempotency, ledger
-from gateway.store import risk as risk_store
 from gateway.store import payments as store
+from gateway.store import risk as risk_store
 from gateway.store.outcomes import OutcomeRecord, record_outcome
 from gateway.store.types import Connection
 from gateway.views import render
