@@ -1,9 +1,11 @@
 """Config reload on SIGHUP: the current settings, swapped whole, and the listeners told of it.
 
-Only the tenant table is taken from the re-read file for now (a tenant disabled or removed is
-refused on its next request, open connections included); every other setting keeps its start-up
-value, because the listeners, sockets and pools built from it are not rebuilt. A component that
-can apply more of a new file (the risk engine's rules) subscribes and picks what it needs.
+The tenant table and the ``[risk]`` section are taken from the re-read file (a tenant disabled or
+removed is refused on its next request, open connections included; the risk engine recompiles its
+rules and swaps them at once, gateway/services/risk.py); every other setting keeps its start-up
+value, because the listeners, sockets and pools built from it are not rebuilt. Components that
+apply part of a new file subscribe; a listener that fails (a rule that does not compile) is logged
+and keeps what it had.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class ConfigReloader:
             log.error("config.reload_failed", error=str(exc))  # noqa: TRY400 - the message is the reason
             return False
         # One assignment: a request reads either the old table or the new one, never a mix.
-        self.current = msgspec.structs.replace(old, tenants=loaded.tenants)
+        self.current = msgspec.structs.replace(old, tenants=loaded.tenants, risk=loaded.risk)
         log.info("config.reloaded", source=old.source, **_tenant_changes(old, self.current))
         for listener in self._listeners:
             try:

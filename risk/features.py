@@ -35,6 +35,7 @@ Countries are ISO 3166 alpha-2 codes from ``risk.geo`` ("" when unknown).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -134,12 +135,14 @@ def build_features(
     ip_country = ip_countries.country(facts.ip) if facts.ip else None
     phone_ctry = phone_country(facts.phone) if facts.phone else None
     age = history.customer_age_days
+    # A rate that is not a finite number is no rate: CEL compares no NaN.
+    usd = facts.amount_usd if facts.amount_usd is not None and math.isfinite(facts.amount_usd) else None
     return {
         "tenant": facts.tenant,
         "amount": int(facts.amount),
         "currency": facts.currency,
-        "amount_usd": float(facts.amount_usd) if facts.amount_usd is not None else 0.0,
-        "has_usd_rate": facts.amount_usd is not None,
+        "amount_usd": float(usd) if usd is not None else 0.0,
+        "has_usd_rate": usd is not None,
         "method": facts.method,
         "biller": facts.biller or "",
         "msisdn": facts.msisdn or "",

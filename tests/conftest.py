@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import uvloop
 
-from config.settings import RoutingSettings, Settings, load_settings
+from config.settings import RiskSettings, RoutingSettings, Settings, load_settings
 from crypto.pki import PkiPaths, init_pki
 from gateway.logs import configure_logging
 from gateway.store.embedded import with_database
@@ -70,7 +70,21 @@ def settings(payhub_home: Path, db_url: str) -> Settings:
     # the in-process connector so tests never depend on a port being free.
     inprocess = ["inprocess"]
     routing = RoutingSettings(card=inprocess, bank_transfer=inprocess, wallet=inprocess, prepaid=inprocess)
-    return msgspec.structs.replace(loaded, server=server, routing=routing)
+    return msgspec.structs.replace(loaded, server=server, routing=routing, risk=quiet_velocity(loaded.risk))
+
+
+# Tests of other features pay with the same few cards and customers many times a minute; the dev
+# velocity rules would hold those payments. They run in shadow mode here (still evaluated);
+# tests/e2e/test_risk.py runs the dev rules as configured.
+VELOCITY_RULES = frozenset({"card_testing", "topup_burst", "velocity_card_burst", "otp_failures"})
+
+
+def quiet_velocity(risk: RiskSettings) -> RiskSettings:
+    rules = [
+        msgspec.structs.replace(rule, mode="shadow") if rule.id in VELOCITY_RULES else rule
+        for rule in risk.rules
+    ]
+    return msgspec.structs.replace(risk, rules=rules)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import asyncpg
 import msgspec
@@ -59,9 +59,6 @@ from risk.decision import Reason
 from risk.features import PaymentFacts
 from risk.rules import Action
 
-if TYPE_CHECKING:
-    from gateway.services.holds import Holds
-
 log = get_logger("gateway.payments")
 
 RECOVERY_ATTEMPT_CREATED = "attempt_created"
@@ -91,6 +88,18 @@ class Released:
     attempt_id: str
 
 
+class Holder(Protocol):
+    """What a create needs of gateway/services/holds.py (which builds on this module)."""
+
+    async def hold(
+        self,
+        payment: store.NewPayment,
+        screening: Screening,
+        customer: schemas.CustomerInput | None,
+        caller: Caller,
+    ) -> Outcome: ...
+
+
 class PaymentService:
     def __init__(
         self,
@@ -102,7 +111,7 @@ class PaymentService:
     ) -> None:
         self.bills: BillPoster | None = None  # set when biller connectors are configured
         self.risk: RiskService | None = None  # set when risk screening is on
-        self.holds: Holds | None = None  # step-up and review of held payments, set with risk
+        self.holds: Holder | None = None  # step-up and review of held payments, set with risk
         self._pool = pool
         self._keyring = keyring
         self._connectors = connectors

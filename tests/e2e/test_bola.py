@@ -68,6 +68,7 @@ PROBES: dict[tuple[str, str], Probe] = {
     ("HEAD", "/v1/payments/{id}"): _head("/v1/payments/{id}", "payment"),
     ("POST", "/v1/payments/{id}/capture"): _post("/v1/payments/{id}/capture", "payment", {}),
     ("POST", "/v1/payments/{id}/cancel"): _post("/v1/payments/{id}/cancel", "payment", {}),
+    ("POST", "/v1/payments/{id}/confirm"): _post("/v1/payments/{id}/confirm", "payment", {"otp": "123456"}),
     ("GET", "/v1/refunds/{id}"): _get("/v1/refunds/{id}", "refund"),
     ("HEAD", "/v1/refunds/{id}"): _head("/v1/refunds/{id}", "refund"),
     ("GET", "/v1/events/{id}"): _get("/v1/events/{id}", "event"),
@@ -93,6 +94,14 @@ NOT_TENANT_OBJECTS: frozenset[tuple[str, str]] = frozenset(
         # The biller catalog is shared by every tenant (like Stripe's country specs): nothing to leak.
         ("GET", "/v1/billers/{id}"),
         ("HEAD", "/v1/billers/{id}"),
+        # Operator routes act across tenants by design (DESIGN §5); a client certificate gets 403
+        # there whatever the id (tests/e2e/test_risk.py, tests/unit/gateway/test_routes.py).
+        ("POST", "/v1/reviews/{id}/approve"),
+        ("POST", "/v1/reviews/{id}/reject"),
+        ("GET", "/v1/admin/lists/{list}"),
+        ("HEAD", "/v1/admin/lists/{list}"),
+        ("POST", "/v1/admin/lists/{list}"),
+        ("DELETE", "/v1/admin/lists/{list}/{id}"),
     }
 )
 

@@ -22,6 +22,7 @@ MONEY_MOVING = {
     ("post", "/v1/payments"),
     ("post", "/v1/payments/{id}/capture"),
     ("post", "/v1/payments/{id}/cancel"),
+    ("post", "/v1/payments/{id}/confirm"),  # resumes a held payment: it authorizes
     ("post", "/v1/refunds"),
     ("post", "/v1/accounts/{id}/topups"),
 }

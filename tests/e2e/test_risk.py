@@ -13,6 +13,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -20,7 +21,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from config.settings import ConfigError, RiskRuleSettings, RiskSettings, RiskTenantSettings, Settings
+from config.settings import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    RiskRuleSettings,
+    RiskSettings,
+    RiskTenantSettings,
+    Settings,
+    load_settings,
+)
 from connectors.sandbox import fx as fx_sandbox
 from connectors.sandbox import messages as message_sandbox
 from crypto.pki import PkiPaths
@@ -48,8 +57,13 @@ def with_risk(settings: Settings, **changes: Any) -> Settings:
     return msgspec.structs.replace(settings, risk=msgspec.structs.replace(settings.risk, **changes))
 
 
+# The dev rules as config/payhub.toml has them (the shared settings fixture quiets velocity rules).
+DEV_RISK = load_settings(DEFAULT_CONFIG, env={}).risk
+
+
 @pytest.fixture
 async def stack(settings: Settings, pki: PkiPaths) -> AsyncIterator[Stack]:
+    settings = msgspec.structs.replace(settings, risk=DEV_RISK)
     sandbox = msgspec.structs.replace(settings.sandbox, fx=0, messages=0)
     settings = msgspec.structs.replace(settings, sandbox=sandbox)
     fx = await fx_sandbox.start(settings)
@@ -421,3 +435,38 @@ def test_risk_settings_refuse_a_bad_list_entry() -> None:
 
     with pytest.raises(ConfigError, match=r"risk\.deny"):
         _validate_risk(RiskSettings(deny=["phone+861380"]), fail)
+
+
+@dataclass
+class Reloadable:
+    settings: Settings
+    path: Path
+    dev: str
+
+
+@pytest.fixture
+def reloadable(settings: Settings, tmp_path: Path) -> Reloadable:
+    path = tmp_path / "payhub.toml"
+    dev = Path(settings.source).read_text()
+    path.write_text(dev)
+    return Reloadable(msgspec.structs.replace(settings, source=str(path)), path, dev)
+
+
+async def test_a_config_reload_swaps_the_rules_at_once(reloadable: Reloadable, pki: PkiPaths) -> None:
+    start, path, dev = reloadable.settings, reloadable.path, reloadable.dev
+    async with gateway(start) as gw, api_client(pki, "acme", gw.api_port) as acme:
+        before = await acme.post("/v1/payments", card_payment(amount=7777))
+        assert before.body["risk"]["decision"] == "allow"
+        rule = '\n[[risk.tenants.acme.rules]]\nid = "reloaded"\nwhen = "amount == 7777"\naction = "block"\n'
+        path.write_text(dev + rule)
+        gw.reload()
+        after = await acme.post("/v1/payments", card_payment(amount=7777))
+        assert (after.body["risk"]["decision"], after.body["risk"]["reasons"][0]["rule"]) == (
+            "block",
+            "reloaded",
+        )
+        assert after.body["risk"]["ruleset"] != before.body["risk"]["ruleset"]
+        path.write_text(dev + rule.replace("amount == 7777", "amount = 7777"))  # does not compile
+        gw.reload()
+        kept = await acme.post("/v1/payments", card_payment(amount=7777))
+        assert kept.body["risk"]["ruleset"] == after.body["risk"]["ruleset"]

@@ -55,7 +55,11 @@ def routes_refusing(gw: RunningGateway, role: str) -> list[tuple[str, str]]:
         roles: Roles | None = table.roles(route)
         assert route.resource is not None and roles is not None
         if roles != CONNECTOR and role not in roles:
-            path = route.resource.canonical.replace("{id}", "x_1").replace("{name}", "x")
+            path = (
+                route.resource.canonical.replace("{id}", "x_1")
+                .replace("{name}", "x")
+                .replace("{list}", "deny")
+            )
             found.append((route.method, path))
     return found
 

@@ -120,5 +120,6 @@ async def test_a_removed_tenant_is_refused_and_the_rest_of_the_settings_stay(
         assert await acme.closed_by_server()
         current = gw.api[CONFIG].current
         assert "acme" not in current.tenants
-        # Only the tenants were taken from the file: the test's listen address, database and routing stay.
-        assert msgspec.structs.replace(current, tenants=settings.tenants) == settings
+        # Only the tenants and the risk rules were taken from the file: the test's listen address,
+        # database and routing stay.
+        assert msgspec.structs.replace(current, tenants=settings.tenants, risk=settings.risk) == settings

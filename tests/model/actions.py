@@ -16,7 +16,7 @@ import asyncpg
 
 from tests.model import checks
 from tests.model import requests as rq
-from tests.model.harness import Client, History, Loop, Operation, Sandbox, Stack
+from tests.model.harness import CHALLENGED, PHONE, REVIEWED, Client, History, Loop, Operation, Sandbox, Stack
 
 T = TypeVar("T")
 
@@ -53,6 +53,7 @@ class World:
     loop: Loop
     stack: Stack
     client: Client
+    ops: Client  # the operator console (review queue)
     sandbox: Sandbox
     pool: asyncpg.Pool
     history: History
@@ -153,6 +154,52 @@ class Actions:
         status, code = rq.CARDS[number]
         self.expect(op, self.outcome(op) == (200, status, code), f"200 {status} {code or ''}")
         return self.file(op, "card", amount)
+
+    def do_challenged(self, amount: int, answer: str) -> list[str]:
+        """A payment the risk rules challenge; the customer answers with the texted code (``right``),
+        a wrong code then the right one, or only a wrong one (it then waits, then expires)."""
+        body = rq.card(rq.APPROVED, amount)
+        body["customer"] = {"id": CHALLENGED, "phone": PHONE}
+        texted = len(self.run(self.world.sandbox.messages_to(PHONE)))
+        op = self.call("challenged card", "POST", "/v1/payments", body)
+        action = op.field("next_action")
+        held = self.outcome(op)[:2] == (200, "requires_action") and isinstance(action, dict)
+        self.expect(op, held and action.get("type") == "otp", "200 requires_action with an otp next_action")
+        made = self.file(op, "card", amount)
+        sent = self.run(self.world.sandbox.messages_to(PHONE))
+        if not made or len(sent) <= texted:
+            return made  # no code texted (the create was cut by a crash after its commit): it expires
+        code = re.findall(r"\b[0-9]{6}\b", sent[-1]["body"])[0]
+        confirm = f"/v1/payments/{made[0]}/confirm"
+        if answer in ("wrong", "wrong_then_right"):
+            wrong = self.call("wrong otp", "POST", confirm, {"otp": f"{(int(code) + 1) % 1_000_000:06d}"})
+            error = wrong.field("error")
+            refused = (
+                wrong.status == 400
+                and isinstance(error, dict)
+                and error.get("code") == "authentication_failed"
+            )
+            self.expect(wrong, refused, "400 authentication_failed")
+        if answer in ("right", "wrong_then_right"):
+            right = self.call("right otp", "POST", confirm, {"otp": code})
+            self.expect(right, self.outcome(right) == (200, "succeeded", None), "200 succeeded")
+            if right.status == 200:
+                self.replayable.append(right)
+        return made
+
+    def do_reviewed(self, amount: int, verdict: str) -> list[str]:
+        """A payment the risk rules hold for review; the operator approves or rejects it."""
+        body = rq.card(rq.APPROVED, amount, REVIEWED)
+        op = self.call("reviewed card", "POST", "/v1/payments", body)
+        self.expect(op, self.outcome(op)[:2] == (200, "under_review"), "200 under_review")
+        made = self.file(op, "card", amount)
+        if made and verdict != "wait":
+            review = "rev_" + made[0].removeprefix("pay_")
+            path = f"/v1/reviews/{review}/{verdict}"
+            decided = self.run(self.world.ops.call(f"review {verdict}", "POST", path, {}, keyed=False))
+            expected = (200, "succeeded", None) if verdict == "approve" else (200, "failed", "risk_blocked")
+            self.expect(decided, self.outcome(decided) == expected, " ".join(str(x) for x in expected if x))
+        return made
 
     def do_manual(self, amount: int) -> list[str]:
         body = rq.card(rq.APPROVED, amount, self.customer(), capture="manual")

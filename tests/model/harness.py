@@ -83,10 +83,37 @@ def prepare_config(directory: Path) -> Path:
     # handful of customers, which the dev limits (120 per customer per minute) would refuse.
     for key in ("per_customer", "per_customer_ip", "payment_write", "default"):
         text = re.sub(rf'(?m)^{key} = "[^"]*"', f'{key} = "{UNLIMITED}"', text, count=1)
+    # Risk: the velocity rules would hold most of the checker's payments (a few cards and customers,
+    # hundreds of payments); they run in shadow mode here and tests/e2e/test_risk.py covers them.
+    # Two customers are held on purpose, so that step-up and review are on the money path the checker
+    # proves: every payment of cus_model_challenge is challenged, every one of cus_model_review reviewed.
+    for rule in ("card_testing", "topup_burst", "velocity_card_burst"):
+        text, found = re.subn(rf'(?m)^id = "{rule}"$', f'id = "{rule}"\nmode = "shadow"', text, count=1)
+        if not found:
+            raise RuntimeError(f"{path}: no risk rule {rule} to put in shadow mode")
+    text += MODEL_RISK_RULES
     if "[connectors.iso8583_card]" not in text:
         text += f"\n[connectors.iso8583_card]\nread_timeout = {CARD_READ_TIMEOUT}\n"
     path.write_text(text)
     return path
+
+
+CHALLENGED = "cus_model_challenge"
+REVIEWED = "cus_model_review"
+PHONE = "+8613800138000"
+MODEL_RISK_RULES = f"""
+[[risk.tenants.acme.rules]]
+id = "model_challenge"
+when = "customer.id == '{CHALLENGED}'"
+action = "challenge"
+message = "The checker's step-up customer"
+
+[[risk.tenants.acme.rules]]
+id = "model_review"
+when = "customer.id == '{REVIEWED}'"
+action = "review"
+message = "The checker's reviewed customer"
+"""
 
 
 def sandbox_ports(config: Path) -> dict[str, int]:
@@ -396,12 +423,13 @@ def new_key() -> str:
 
 
 class Client:
-    """The acme client app. ``send`` is one try; ``call``/``settle`` retry until a definite answer."""
+    """The acme client app (or the ops operator console). ``send`` is one try; ``call``/``settle``
+    retry until a definite answer."""
 
-    def __init__(self, stack: Stack, pki: PkiPaths, history: History) -> None:
+    def __init__(self, stack: Stack, pki: PkiPaths, history: History, tenant: str = "acme") -> None:
         self.stack = stack
         self.history = history
-        self._ssl = client_context(pki, "acme")
+        self._ssl = client_context(pki, tenant)
         self._session: aiohttp.ClientSession | None = None
         self._base = f"https://localhost:{stack.api_port}"
 
@@ -511,6 +539,12 @@ class Sandbox:
         for service in ("bank", "ewallet", "utility", "telecom"):
             async with self._open().post(self.url(service, "/faults"), json={"latency": seconds}) as resp:
                 resp.raise_for_status()
+
+    async def messages_to(self, to: str) -> list[dict[str, Any]]:
+        async with self._open().get(self.url("messages", "/messages"), params={"to": to}) as resp:
+            resp.raise_for_status()
+            messages: list[dict[str, Any]] = await resp.json()
+            return messages
 
     async def pay_wallet(self, order: str) -> int:
         async with self._open().post(self.url("ewallet", f"/simulate/pay/{order}")) as resp:

@@ -119,6 +119,10 @@ class ConservationMachine(Actions, RuleBasedStateMachine):
                     made += self.do_capture(pid, capture if isinstance(capture, int) else None)
         for suffix in rq.BANK_SUFFIXES:
             made += self.do_bank(suffix, amount)
+        for answer in ("right", "wrong_then_right", "wrong"):
+            made += self.do_challenged(amount, answer)
+        for verdict in ("approve", "reject"):
+            made += self.do_reviewed(amount, verdict)
         made += self.do_wallet("alipay", "pay_now", amount) + self.do_wallet("paypal", plan, amount)
         made += self.do_prepaid(0, min(amount, 9000))
         account = self.account_ids[0] if self.account_ids else None
@@ -166,6 +170,16 @@ class ConservationMachine(Actions, RuleBasedStateMachine):
     @live
     def card_payment(self, number: str, amount: int) -> Any:
         return multiple(*self.do_card(number, amount))
+
+    @rule(target=payments, amount=amounts, answer=st.sampled_from(["right", "wrong_then_right", "wrong"]))
+    @live
+    def challenged_card(self, amount: int, answer: str) -> Any:
+        return multiple(*self.do_challenged(amount, answer))
+
+    @rule(target=payments, amount=amounts, verdict=st.sampled_from(["approve", "reject", "wait"]))
+    @live
+    def reviewed_card(self, amount: int, verdict: str) -> Any:
+        return multiple(*self.do_reviewed(amount, verdict))
 
     @rule(target=authorizations, amount=amounts)
     @live
@@ -345,15 +359,17 @@ def world(payhub_home: Path, db_url: str, tmp_path: Path) -> Iterator[World]:
     stack = Stack(payhub_home, db_url, tmp_path)
     history = History()
     client = Client(stack, PkiPaths(payhub_home / "pki"), history)
+    ops = Client(stack, PkiPaths(payhub_home / "pki"), history, tenant="ops")
     sandbox = Sandbox(stack)
     try:
         loop.run(stack.start())
         loop.run(sandbox.wallet_never_pays_by_itself())
         pool: asyncpg.Pool = loop.run(_pool(db_url))
-        yield World(loop, stack, client, sandbox, pool, history, PROFILES[PROFILE_NAME], tmp_path)
+        yield World(loop, stack, client, ops, sandbox, pool, history, PROFILES[PROFILE_NAME], tmp_path)
         loop.run(pool.close())
     finally:
         loop.run(client.close())
+        loop.run(ops.close())
         loop.run(sandbox.close())
         stack.stop()
         loop.close()

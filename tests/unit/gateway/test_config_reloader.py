@@ -1,5 +1,5 @@
-"""ConfigReloader: tenants from the re-read file, everything else as it was, listeners told; a bad
-file (or a listener that fails) leaves the settings in force."""
+"""ConfigReloader: tenants and risk rules from the re-read file, everything else as it was,
+listeners told; a bad file (or a listener that fails) leaves the settings in force."""
 
 from __future__ import annotations
 
