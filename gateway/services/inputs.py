@@ -12,6 +12,7 @@ from crypto.cards import card_brand, luhn_valid
 from gateway import errors
 from gateway.domain.money import MoneyError, check_amount, normalize_currency
 from gateway.logs import mask_pans
+from gateway.store.risk import StoredFeatures
 from gateway.views import schemas
 
 
@@ -23,6 +24,7 @@ class PreparedMethod:
     card: CardData | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
     fingerprint: str | None = None  # a card's keyed HMAC (hex): its velocity key, never the PAN
+    risk_read: StoredFeatures | None = None  # the risk feature read, when it rode in the vault's statement
 
 
 def money(amount: int, currency: str) -> tuple[int, str]:

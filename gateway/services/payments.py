@@ -27,6 +27,7 @@ from connectors.base import (
     PaymentRequest,
 )
 from connectors.base import Outcome as ConnectorOutcome
+from crypto.cards import CardDisplay
 from gateway import errors
 from gateway.domain.bill_posting import Posting, state_of
 from gateway.domain.ledger_rules import Movement, Result
@@ -49,11 +50,12 @@ from gateway.services.risk import RiskService, Screening
 from gateway.services.settle import HUB, Caller, Settler, book
 from gateway.store import idempotency, ledger
 from gateway.store import payments as store
+from gateway.store import risk as risk_store
 from gateway.store.idempotency import Claimed
 from gateway.store.keyring import KeyringCache
 from gateway.store.risk import RiskKeys
-from gateway.store.types import Connection
-from gateway.store.vault import get_card, reveal_pan, vault_card
+from gateway.store.types import Connection, Rider
+from gateway.store.vault import RiderFor, get_card, reveal_pan, vault_card_riding
 from gateway.views import schemas
 from risk.decision import Reason
 from risk.features import PaymentFacts
@@ -232,7 +234,31 @@ class PaymentService:
             amount_usd=self.risk.amount_usd(amount, currency),
         )
         fingerprint = prepared.fingerprint if prepared is not None else None
-        return await self.risk.screen(facts, card_fingerprint=fingerprint)
+        read = prepared.risk_read if prepared is not None else None
+        return await self.risk.screen(facts, card_fingerprint=fingerprint, read=read)
+
+    def _rider_for(
+        self, tenant: str, params: schemas.CreatePaymentRequest, amount: int, currency: str
+    ) -> RiderFor | None:
+        """The risk feature read as a rider of the vault's statement: it needs the card's BIN and
+        fingerprint, which the vault computes."""
+        risk = self.risk
+        if risk is None:
+            return None
+        facts = payment_facts(
+            tenant,
+            params,
+            amount=amount,
+            currency=currency,
+            prepared=None,
+            amount_usd=risk.amount_usd(amount, currency),
+        )
+
+        def rider_for(display: CardDisplay, fingerprint: bytes) -> Rider:
+            card = dataclasses.replace(facts, card_bin=display.bin, card_brand=display.brand)
+            return risk.rider(card, fingerprint.hex())
+
+        return rider_for
 
     def _candidates(self, method: str) -> list[PaymentConnector]:
         candidates = [
@@ -261,7 +287,9 @@ class PaymentService:
                 identity, params, amount=amount, currency=currency, caller=caller
             )
         candidates = self._candidates(method.type)
-        prepared = await self._prepare(tenant, method)
+        prepared = await self._prepare(
+            tenant, method, rider_for=self._rider_for(tenant, params, amount, currency)
+        )
         screening = await self._screen(tenant, params, amount, currency, prepared)
         if screening is not None and method.type not in HOLDABLE:
             screening = not_holdable(screening, method.type)
@@ -470,10 +498,12 @@ class PaymentService:
             return await self.bills.post(tenant, payment_id, caller)
         return outcome
 
-    async def _prepare(self, tenant: str, method: schemas.PaymentMethodInput) -> PreparedMethod:
+    async def _prepare(
+        self, tenant: str, method: schemas.PaymentMethodInput, *, rider_for: RiderFor | None = None
+    ) -> PreparedMethod:
         block = method_block(method)
         if isinstance(block, schemas.CardInput):
-            return await self._prepare_card(tenant, block)
+            return await self._prepare_card(tenant, block, rider_for)
         if isinstance(block, schemas.BankTransferInput):
             display = {"type": "bank_transfer", "bank_transfer": {"last4": block.account_number[-4:]}}
             return PreparedMethod(display, details={"account_number": block.account_number})
@@ -488,7 +518,10 @@ class PaymentService:
             )
         raise errors.InvalidRequest("Unsupported payment method.", param="payment_method.type")
 
-    async def _prepare_card(self, tenant: str, card: schemas.CardInput) -> PreparedMethod:
+    async def _prepare_card(
+        self, tenant: str, card: schemas.CardInput, rider_for: RiderFor | None = None
+    ) -> PreparedMethod:
+        read = None
         async with self._pool.acquire() as conn:
             if card.token is not None:
                 if card.number is not None:
@@ -515,14 +548,17 @@ class PaymentService:
                     )
                 keyring = await self._keyring.current(conn)
                 try:
-                    stored = await vault_card(
+                    # The payment's risk feature read rides in the vault's round trip.
+                    stored, riding = await vault_card_riding(
                         conn,
                         keyring,
                         tenant=tenant,
                         pan=card.number,
                         exp_month=card.exp_month,
                         exp_year=card.exp_year,
+                        rider_for=rider_for,
                     )
+                    read = risk_store.stored_features(riding) if riding is not None else None
                 except ValueError as exc:
                     raise errors.InvalidRequest(
                         str(exc), code="invalid_card", param="payment_method.card"
@@ -541,7 +577,7 @@ class PaymentService:
             },
         }
         data = CardData(pan, d.exp_month, d.exp_year, card.cvc, card.holder_name)
-        return PreparedMethod(display, card=data, fingerprint=stored.fingerprint.hex())
+        return PreparedMethod(display, card=data, fingerprint=stored.fingerprint.hex(), risk_read=read)
 
     async def _create_balance_payment(
         self,

@@ -22,7 +22,8 @@ from gateway.domain.money import exponent
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.store import risk as store
-from gateway.store.risk import RiskKeys
+from gateway.store.risk import RiskKeys, StoredFeatures
+from gateway.store.types import Rider
 from risk.decision import Decision, Thresholds, decide, fail_closed
 from risk.features import KEY_KINDS, WINDOWS, History, PaymentFacts, Velocity, VelocityCell, build_features
 from risk.geo import IpCountryLookup
@@ -129,7 +130,15 @@ class RiskService:
     def amount_usd(self, amount: int, currency: str) -> float | None:
         return self._usd.amount_usd(amount, currency)
 
-    async def screen(self, facts: PaymentFacts, *, card_fingerprint: str | None) -> Screening:
+    def rider(self, facts: PaymentFacts, card_fingerprint: str | None) -> Rider:
+        """The payment's feature read, to ride in its first statement (the vault's, for a card)."""
+        return store.feature_rider(facts.tenant, _keys(facts, card_fingerprint), _list_keys(facts))
+
+    async def screen(
+        self, facts: PaymentFacts, *, card_fingerprint: str | None, read: StoredFeatures | None = None
+    ) -> Screening:
+        """Decide; ``read`` is the feature read when it rode in an earlier statement, else it is
+        read here under ``feature_timeout`` (a failure then applies the tenant's fail mode)."""
         rules = self._rules.get(facts.tenant)
         if rules is None:  # a tenant added by a reload after start-up: the shared rules
             rules = compile_rules(self.settings, [facts.tenant])[facts.tenant]
@@ -139,8 +148,12 @@ class RiskService:
         static_deny = tuple(f"{k}:{v}" for k, v in list_keys if f"{k}:{v}" in self._deny)
         static_allow = tuple(f"{k}:{v}" for k, v in list_keys if f"{k}:{v}" in self._allow)
         try:
-            async with asyncio.timeout(self.settings.feature_timeout), self._pool.acquire() as conn:
-                stored = await store.read_features(conn, tenant=facts.tenant, keys=keys, list_keys=list_keys)
+            stored = read
+            if stored is None:
+                async with asyncio.timeout(self.settings.feature_timeout), self._pool.acquire() as conn:
+                    stored = await store.read_features(
+                        conn, store.feature_rider(facts.tenant, keys, list_keys)
+                    )
         except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
             self._metrics.risk_feature_failures.labels(rules.fail_mode).inc()
             log.warning("risk.features_unavailable", fail_mode=rules.fail_mode, error=type(exc).__name__)

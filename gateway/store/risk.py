@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import orjson
 
-from gateway.store.types import Connection
+from gateway.store.types import Connection, Rider
 
 KINDS = ("card", "customer", "ip", "device", "msisdn")
 WINDOWS = ("m1", "h1", "d1")
@@ -100,35 +101,58 @@ _SEEN_CELLS = ",\n".join(
     for window, span in _SEEN_WINDOWS.items()
 )
 
-_READ_FEATURES = f"""
+# The feature read, its seven parameters numbered from ``{first}`` (it rides in the vault's
+# statement for a card payment, gateway/store/vault.py): tenant, key kinds, keys, customer, device,
+# list kinds, list values.
+_FEATURES = f"""
 WITH velocity AS (
     SELECT k.kind, {_CELLS}
-    FROM unnest($2::text[], $3::text[]) AS k(kind, key)
+    FROM unnest(${{p2}}::text[], ${{p3}}::text[]) AS k(kind, key)
     LEFT JOIN risk_counters c
-        ON c.tenant = $1 AND c.kind = k.kind AND c.key = k.key AND c.bucket > now() - interval '24 hours'
+        ON c.tenant = ${{p1}} AND c.kind = k.kind AND c.key = k.key AND c.bucket > now() - interval '24 hours'
     GROUP BY k.kind
 ), distinct_msisdn AS (
     SELECT s.kind, {_SEEN_CELLS}
     FROM risk_seen s
-    WHERE s.tenant = $1 AND ((s.kind = 'customer_msisdn' AND s.key = $4)
-                              OR (s.kind = 'device_msisdn' AND s.key = $5))
+    WHERE s.tenant = ${{p1}} AND ((s.kind = 'customer_msisdn' AND s.key = ${{p4}})
+                                 OR (s.kind = 'device_msisdn' AND s.key = ${{p5}}))
     GROUP BY s.kind
 )
 SELECT
-    (SELECT coalesce(jsonb_agg(to_jsonb(velocity)), '[]') FROM velocity)::text,
-    (SELECT coalesce(jsonb_agg(to_jsonb(distinct_msisdn)), '[]') FROM distinct_msisdn)::text,
-    (SELECT min(created) FROM payments WHERE tenant = $1 AND customer_id = $4),
+    (SELECT coalesce(jsonb_agg(to_jsonb(velocity)), '[]') FROM velocity)::text AS risk_velocity,
+    (SELECT coalesce(jsonb_agg(to_jsonb(distinct_msisdn)), '[]') FROM distinct_msisdn)::text AS risk_seen,
+    (SELECT min(created) FROM payments WHERE tenant = ${{p1}} AND customer_id = ${{p4}}) AS risk_first_seen,
     -- Known: the customer has paid from it. A registered step-up key alone does not make it known.
-    ($5::text IS NOT NULL AND EXISTS (
-        SELECT 1 FROM payments WHERE tenant = $1 AND customer_id = $4 AND status = 'succeeded'
-        AND customer ->> 'device_id' = $5)),
+    (${{p5}}::text IS NOT NULL AND EXISTS (
+        SELECT 1 FROM payments WHERE tenant = ${{p1}} AND customer_id = ${{p4}} AND status = 'succeeded'
+        AND customer ->> 'device_id' = ${{p5}})) AS risk_device_known,
     (SELECT coalesce(sum(tries), 0) FROM risk_challenges
-        WHERE tenant = $1 AND customer_id = $4 AND created > now() - interval '24 hours'),
-    (SELECT until FROM risk_lockouts WHERE tenant = $1 AND customer_id = $4 AND until > now()),
-    (SELECT coalesce(array_agg(list || ' ' || kind || ':' || value), '{{}}') FROM risk_list_entries
-        WHERE (tenant IS NULL OR tenant = $1)
-          AND (kind, value) IN (SELECT * FROM unnest($6::text[], $7::text[])))
+        WHERE tenant = ${{p1}} AND customer_id = ${{p4}} AND created > now() - interval '24 hours')
+        AS risk_otp_failures,
+    (SELECT until FROM risk_lockouts WHERE tenant = ${{p1}} AND customer_id = ${{p4}} AND until > now())
+        AS risk_locked_until,
+    (SELECT coalesce(array_agg(list || ' ' || kind || ':' || value), '{{{{}}}}') FROM risk_list_entries
+        WHERE (tenant IS NULL OR tenant = ${{p1}})
+          AND (kind, value) IN (SELECT * FROM unnest(${{p6}}::text[], ${{p7}}::text[]))) AS risk_list_hits
 """  # noqa: S608 - fixed aggregates
+
+
+def feature_select(first: int) -> str:
+    """The feature read as one SELECT, its parameters numbered from ``$first``."""
+    return _FEATURES.format(**{f"p{i}": first + i - 1 for i in range(1, 8)})
+
+
+def feature_rider(tenant: str, keys: RiskKeys, list_keys: Sequence[tuple[str, str]]) -> Rider:
+    args = (
+        tenant,
+        [kind for kind, _ in keys.pairs],
+        [key for _, key in keys.pairs],
+        keys.customer_id,
+        keys.device_id,
+        [kind for kind, _ in list_keys],
+        [value for _, value in list_keys],
+    )
+    return Rider(feature_select, args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,21 +167,9 @@ class StoredFeatures:
     list_hits: tuple[str, ...] = field(default=())  # "deny ip:198.51.100.66"
 
 
-async def read_features(
-    conn: Connection, *, tenant: str, keys: RiskKeys, list_keys: Sequence[tuple[str, str]]
-) -> StoredFeatures:
-    row = await conn.fetchrow(
-        _READ_FEATURES,
-        tenant,
-        [kind for kind, _ in keys.pairs],
-        [key for _, key in keys.pairs],
-        keys.customer_id,
-        keys.device_id,
-        [kind for kind, _ in list_keys],
-        [value for _, value in list_keys],
-    )
-    assert row is not None  # a SELECT without FROM always returns its one row
-    velocity_rows, seen_rows, first_seen, device_known, otp_failures, locked_until, hits = row
+def stored_features(values: Sequence[Any]) -> StoredFeatures:
+    """The feature read's columns (alone, or riding after another statement's) → StoredFeatures."""
+    velocity_rows, seen_rows, first_seen, device_known, otp_failures, locked_until, hits = values
     velocity: dict[str, dict[str, dict[str, float]]] = {}
     for cells in orjson.loads(velocity_rows):
         velocity[cells["kind"]] = {
@@ -180,6 +192,13 @@ async def read_features(
         locked_until=locked_until,
         list_hits=tuple(hits),
     )
+
+
+async def read_features(conn: Connection, rider: Rider) -> StoredFeatures:
+    """The feature read on its own (payments whose first statement it cannot ride)."""
+    row = await conn.fetchrow(rider.select(1), *rider.args)
+    assert row is not None  # a SELECT without FROM always returns its one row
+    return stored_features(tuple(row))
 
 
 async def count_decline(conn: Connection, *, payment_id: str) -> None:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -23,7 +24,7 @@ from crypto.cards import Brand, CardDisplay, validate_expiry, validate_pan
 from crypto.keyring import Keyring
 from crypto.vault import SealedPan, VaultError, fingerprint, new_token_id, open_pan, seal_pan
 from gateway.store.keyring import KeyringCache
-from gateway.store.types import Connection
+from gateway.store.types import Connection, Rider
 
 __all__ = ["StoredCard", "get_card", "reveal_pan", "vault_card"]
 
@@ -41,7 +42,19 @@ class StoredCard:
     created: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
-_COLUMNS = "id, tenant, fingerprint, fingerprint_kid, brand, bin, last4, exp_month, exp_year, created"
+_COLUMN_NAMES = (
+    "id",
+    "tenant",
+    "fingerprint",
+    "fingerprint_kid",
+    "brand",
+    "bin",
+    "last4",
+    "exp_month",
+    "exp_year",
+    "created",
+)
+_COLUMNS = ", ".join(_COLUMN_NAMES)
 # A card already on file comes back from the same statement (one round trip, no write). Only if
 # a concurrent transaction vaulted it after this statement's snapshot is nothing returned; the
 # loop below then reads the winner's row.
@@ -53,13 +66,29 @@ _INSERT = f"""
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
         ON CONFLICT (tenant, fingerprint, exp_month, exp_year) DO NOTHING
         RETURNING {_COLUMNS}
+    ), card AS (
+        SELECT {_COLUMNS} FROM inserted
+        UNION ALL
+        SELECT {_COLUMNS} FROM card_tokens
+        WHERE tenant = $2 AND fingerprint = $3 AND exp_month = $11 AND exp_year = $12
+          AND NOT EXISTS (SELECT 1 FROM inserted)
     )
-    SELECT {_COLUMNS} FROM inserted
-    UNION ALL
-    SELECT {_COLUMNS} FROM card_tokens
-    WHERE tenant = $2 AND fingerprint = $3 AND exp_month = $11 AND exp_year = $12
-      AND NOT EXISTS (SELECT 1 FROM inserted)
+    SELECT * FROM card
 """  # noqa: S608 - fixed column list, no user input
+_INSERT_PARAMS = 12
+
+
+def _insert_with(rider: Rider | None) -> str:
+    """The insert, with a one-row read riding in its round trip (its columns after the card's)."""
+    if rider is None:
+        return _INSERT
+    riding = rider.select(_INSERT_PARAMS + 1)
+    return _INSERT.replace(
+        "SELECT * FROM card",
+        f"SELECT * FROM card CROSS JOIN ({riding}) AS rider",  # noqa: S608 - fixed SQL from the store
+    )
+
+
 _SELECT_DUPLICATE = f"""
     SELECT {_COLUMNS} FROM card_tokens
     WHERE tenant = $1 AND fingerprint = $2 AND exp_month = $3 AND exp_year = $4
@@ -96,6 +125,28 @@ async def vault_card(
 
     Raises ValueError (message without the PAN) for an invalid number or expiry.
     """
+    card, _ = await vault_card_riding(
+        conn, keyring, tenant=tenant, pan=pan, exp_month=exp_month, exp_year=exp_year, today=today
+    )
+    return card
+
+
+RiderFor = Callable[[CardDisplay, bytes], Rider]
+
+
+async def vault_card_riding(
+    conn: Connection,
+    keyring: Keyring,
+    *,
+    tenant: str,
+    pan: str,
+    exp_month: int,
+    exp_year: int,
+    rider_for: RiderFor | None = None,
+    today: dt.date | None = None,
+) -> tuple[StoredCard, tuple[Any, ...] | None]:
+    """:func:`vault_card`, with a read that needs the card's display data and fingerprint (a
+    payment's risk features) riding in the same round trip: → (card, the rider's columns)."""
     digits = validate_pan(pan)
     month, year = validate_expiry(exp_month, exp_year, today or dt.datetime.now(dt.UTC).date())
     display = CardDisplay.from_pan(digits, month, year)
@@ -103,9 +154,11 @@ async def vault_card(
     token_id = new_token_id()
     sealed = seal_pan(keyring, tenant=tenant, token_id=token_id, pan=digits)
     del digits  # nothing below needs the clear PAN
+    rider = rider_for(display, fp) if rider_for is not None else None
+    riding = rider.args if rider is not None else ()
     for _ in range(_ATTEMPTS):
         row = await conn.fetchrow(
-            _INSERT,
+            _insert_with(rider),
             token_id,
             tenant,
             fp,
@@ -118,11 +171,15 @@ async def vault_card(
             display.last4,
             month,
             year,
+            *riding,
         )
-        if row is None:
-            row = await conn.fetchrow(_SELECT_DUPLICATE, tenant, fp, month, year)
         if row is not None:
-            return _card(row)
+            return _card(row), tuple(row)[len(_COLUMN_NAMES) :] if rider is not None else None
+        # A concurrent vaulting won the race after this statement's snapshot: read its row (the
+        # rider, if any, was not read; the caller reads it on its own).
+        row = await conn.fetchrow(_SELECT_DUPLICATE, tenant, fp, month, year)
+        if row is not None:
+            return _card(row), None
     raise VaultError("could not vault the card: its existing token kept disappearing; retry")
 
 
