@@ -60,6 +60,7 @@ class Operation:
     query: tuple[Param, ...] = ()
     moves_money: bool = False  # requires Idempotency-Key; may answer 409/422 idempotency errors
     raw_body: int | None = None  # reads a body of at most this many bytes that no Struct describes
+    conflicts: bool = False  # may answer 409 without moving money (a state or a duplicate)
     links: dict[str, dict[str, Any]] | None = None  # OpenAPI links from the 200 answer
 
     @property
@@ -273,6 +274,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "risk",
         schemas.Device,
         request=schemas.CreateDeviceRequest,
+        conflicts=True,
     ),
     Operation(
         "GET",
@@ -292,6 +294,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "risk",
         schemas.Payment,
         request=schemas.ReviewDecisionRequest,
+        conflicts=True,
     ),
     Operation(
         "POST",
@@ -301,6 +304,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "risk",
         schemas.Payment,
         request=schemas.ReviewDecisionRequest,
+        conflicts=True,
     ),
     Operation(
         "GET",
@@ -523,6 +527,8 @@ def _error_statuses(op: Operation) -> list[str]:
         statuses.add("404")  # an id in the path, a list cursor, or an id in the body
     if op.moves_money:
         statuses |= {"409", "422"}  # state conflicts and idempotency
+    if op.conflicts:
+        statuses.add("409")
     if op.reads_body:
         statuses |= {"408", "413"}  # slow or large body
     return sorted(statuses)
@@ -735,6 +741,19 @@ def _payment_methods(components: dict[str, Any]) -> None:
     components["CreatePaymentRequest"]["anyOf"] = [
         {"title": "no bill", "properties": {"bill": {"type": "null"}}},
         {"title": "captured automatically", "properties": {"capture_method": {"const": "automatic"}}},
+    ]
+    # gateway/services/holds.py confirm: exactly one answer, of the kind the challenge asked for.
+    components["ConfirmPaymentRequest"]["oneOf"] = [
+        {
+            "title": "otp",
+            "required": ["otp"],
+            "properties": {"otp": _PRESENT, "device_signature": {"type": "null"}},
+        },
+        {
+            "title": "device signature",
+            "required": ["device_signature"],
+            "properties": {"device_signature": _PRESENT, "otp": {"type": "null"}},
+        },
     ]
     token = components["CreateTokenRequest"]["properties"]
     token["card"] = {"allOf": [token["card"], _CARD_BY_NUMBER], "description": "A card number (not a token)."}
