@@ -30,6 +30,7 @@ from tests.support.processes import (
 )
 
 TENANT = "acme"
+OPERATOR = "ops"
 UNLIMITED = "unlimited"
 STOP_TIMEOUT = 20.0
 
@@ -66,6 +67,8 @@ class LiveGateway:
     cert: str
     key: str
     log: Path  # the gateway's JSON log (stdout); stderr is next to it (.err)
+    operator_cert: str = ""  # the ops tenant's certificate, for the operator routes
+    operator_key: str = ""
 
 
 def fuzz_config(directory: Path) -> Path:
@@ -120,6 +123,8 @@ def live_gateway(
             cert=str(pki.client_cert(TENANT)),
             key=str(pki.client_key(TENANT)),
             log=log,
+            operator_cert=str(pki.client_cert(OPERATOR)),
+            operator_key=str(pki.client_key(OPERATOR)),
         )
     finally:
         _stop(process)

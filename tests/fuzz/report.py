@@ -13,6 +13,7 @@ import re
 import shlex
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,16 @@ def server_errors(log: Path) -> dict[str, str]:
 class FuzzReport:
     """Thread-safe: the state machine and the per-operation runs may share one report."""
 
-    def __init__(self, name: str, cert: tuple[str, str], ca: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        cert: tuple[str, str],
+        ca: str,
+        cert_for: Callable[[Case], tuple[str, str]] | None = None,
+    ) -> None:
         self.name = name
         self._cert = cert
+        self._cert_for = cert_for  # the certificate a case was sent with (operator routes: ops)
         self._ca = ca
         self._lock = threading.Lock()
         self.cases: Counter[str] = Counter()  # by phase
@@ -115,12 +123,14 @@ class FuzzReport:
         # Valid by the document, refused by the server: a rule the document does not state yet.
         self.refused_positive: Counter[tuple[str, str]] = Counter()
         self.seed: int | None = None
+        self.forbidden: Counter[str] = Counter()  # 403s by operation (roles: expected on none)
 
     def curl(self, case: Case, response: Response | None) -> str:
         headers = dict(response.request.headers) if response is not None else None
         command = case.as_curl_command(headers=headers)
         # The gateway asks for a client certificate: a reproducer without one fails the handshake.
-        cert, key = (shlex.quote(path) for path in self._cert)
+        pair = self._cert_for(case) if self._cert_for is not None else self._cert
+        cert, key = (shlex.quote(path) for path in pair)
         tls = f"--cert {cert} --key {key} --cacert {shlex.quote(self._ca)}"
         return command.replace("curl ", f"curl {tls} ", 1)
 
@@ -133,6 +143,8 @@ class FuzzReport:
                 self.modes[meta.generation.mode.value] += 1
             if response is not None:
                 self.statuses[response.status_code] += 1
+                if response.status_code == 403:
+                    self.forbidden[case.operation.label] += 1
                 if response.status_code == 400 and meta is not None and not meta.generation.mode.is_negative:
                     self.refused_positive[(case.operation.label, _param(response))] += 1
 
@@ -191,6 +203,8 @@ class FuzzReport:
             f"{', '.join(f'{mode} {n}' for mode, n in sorted(self.modes.items()))}) "
             f"over {len(self.operations)} operations, seed {self.seed}",
             "   statuses: " + ", ".join(f"{status}: {n}" for status, n in sorted(self.statuses.items())),
+            "   403 by operation: "
+            + (", ".join(f"{op}: {n}" for op, n in self.forbidden.most_common(6)) or "none"),
             f"   failures: {len(findings)} distinct"
             + (
                 " — "

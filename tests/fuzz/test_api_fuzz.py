@@ -25,6 +25,7 @@ import random
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import hypothesis
@@ -61,14 +62,31 @@ def _seed() -> int:
     return int(os.environ.get("PAYHUB_FUZZ_SEED") or random.SystemRandom().randrange(2**32))
 
 
+@dataclass(frozen=True)
+class Sessions:
+    """Keep-alive sessions with a client and an operator certificate (a TLS handshake per case would
+    cost more than most requests); operator routes are fuzzed as an operator, or every case would
+    only meet the role check."""
+
+    client: requests.Session
+    operator: requests.Session
+
+    def for_case(self, case: Case) -> requests.Session:
+        path = case.operation.path
+        return self.operator if path.startswith(OPERATOR_PATHS) else self.client
+
+
+OPERATOR_PATHS = ("/v1/reviews", "/v1/admin/")
+
+
 @pytest.fixture(scope="module")
-def session(live_gateway: LiveGateway) -> Iterator[requests.Session]:
-    """One keep-alive session with the client certificate: a TLS handshake per case would cost more
-    than most requests."""
-    with requests.Session() as client:
+def session(live_gateway: LiveGateway) -> Iterator[Sessions]:
+    with requests.Session() as client, requests.Session() as operator:
         client.cert = (live_gateway.cert, live_gateway.key)
         client.verify = live_gateway.ca
-        yield client
+        operator.cert = (live_gateway.operator_cert, live_gateway.operator_key)
+        operator.verify = live_gateway.ca
+        yield Sessions(client, operator)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +95,6 @@ def schema(live_gateway: LiveGateway) -> Any:
         {
             "generation": {"mode": "all", "allow-x00": True, "codec": "utf-8"},
             "tls-verify": live_gateway.ca,
-            "request-cert": live_gateway.cert,
-            "request-cert-key": live_gateway.key,
             "request-timeout": REQUEST_TIMEOUT,
         }
     )
@@ -87,6 +103,16 @@ def schema(live_gateway: LiveGateway) -> Any:
         config=config,
         cert=(live_gateway.cert, live_gateway.key),
         verify=live_gateway.ca,
+    )
+
+
+def new_report(name: str, live: LiveGateway) -> FuzzReport:
+    client, operator = (live.cert, live.key), (live.operator_cert, live.operator_key)
+    return FuzzReport(
+        name,
+        client,
+        live.ca,
+        cert_for=lambda case: operator if case.operation.path.startswith(OPERATOR_PATHS) else client,
     )
 
 
@@ -115,10 +141,10 @@ def validate(report: FuzzReport, phase: str, case: Case, response: Response) -> 
             report.failure(phase, case, response, name, failure)
 
 
-def send(report: FuzzReport, phase: str, case: Case, session: requests.Session) -> None:
+def send(report: FuzzReport, phase: str, case: Case, sessions: Sessions) -> None:
     fresh_key(case)
     try:
-        response = case.call(session=session, timeout=REQUEST_TIMEOUT)
+        response = case.call(session=sessions.for_case(case), timeout=REQUEST_TIMEOUT)
     except requests.RequestException as exc:  # a dropped connection or a hang is a finding too
         report.count(phase, case, None)
         report.transport_error(phase, case, exc)
@@ -161,9 +187,9 @@ def finish(report: FuzzReport, live_gateway: LiveGateway) -> None:
 
 
 def test_every_operation_positive_and_negative(
-    schema: Any, session: requests.Session, live_gateway: LiveGateway, profile: Profile
+    schema: Any, session: Sessions, live_gateway: LiveGateway, profile: Profile
 ) -> None:
-    report = FuzzReport(f"{profile.name} stateless", (live_gateway.cert, live_gateway.key), live_gateway.ca)
+    report = new_report(f"{profile.name} stateless", live_gateway)
     report.seed = _seed()
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20, "the document lost operations"
@@ -191,10 +217,8 @@ def test_every_operation_positive_and_negative(
     finish(report, live_gateway)
 
 
-def test_stateful_links(
-    schema: Any, session: requests.Session, live_gateway: LiveGateway, profile: Profile
-) -> None:
-    report = FuzzReport(f"{profile.name} stateful", (live_gateway.cert, live_gateway.key), live_gateway.ca)
+def test_stateful_links(schema: Any, session: Sessions, live_gateway: LiveGateway, profile: Profile) -> None:
+    report = new_report(f"{profile.name} stateful", live_gateway)
     report.seed = _seed()
     base = schema.as_state_machine()
 
@@ -203,7 +227,7 @@ def test_stateful_links(
             fresh_key(case)
 
         def get_call_kwargs(self, case: Case) -> dict[str, Any]:
-            return {"session": session, "timeout": REQUEST_TIMEOUT}
+            return {"session": session.for_case(case), "timeout": REQUEST_TIMEOUT}
 
         def validate_response(self, response: Response, case: Case, *args: Any, **kwargs: Any) -> None:
             validate(report, "stateful", case, response)
