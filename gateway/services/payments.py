@@ -226,12 +226,7 @@ class PaymentService:
         if self.risk is None:
             return None
         facts = payment_facts(
-            tenant,
-            params,
-            amount=amount,
-            currency=currency,
-            prepared=prepared,
-            amount_usd=self.risk.amount_usd(amount, currency),
+            tenant, params, amount=amount, currency=currency, prepared=prepared, risk=self.risk
         )
         fingerprint = prepared.fingerprint if prepared is not None else None
         read = prepared.risk_read if prepared is not None else None
@@ -245,14 +240,7 @@ class PaymentService:
         risk = self.risk
         if risk is None:
             return None
-        facts = payment_facts(
-            tenant,
-            params,
-            amount=amount,
-            currency=currency,
-            prepared=None,
-            amount_usd=risk.amount_usd(amount, currency),
-        )
+        facts = payment_facts(tenant, params, amount=amount, currency=currency, prepared=None, risk=risk)
 
         def rider_for(display: CardDisplay, fingerprint: bytes) -> Rider:
             card = dataclasses.replace(facts, card_bin=display.bin, card_brand=display.brand)
@@ -1008,8 +996,9 @@ def payment_facts(
     amount: int,
     currency: str,
     prepared: PreparedMethod | None,
-    amount_usd: float | None,
+    risk: RiskService,
 ) -> PaymentFacts:
+    """What the risk rules see of a create (the card's BIN and brand once it is prepared)."""
     customer = params.customer or schemas.CustomerInput()
     card = prepared.display.get("card") if prepared is not None else None
     msisdn = params.bill.customer_params.get("msisdn") if params.bill is not None else None
@@ -1017,7 +1006,7 @@ def payment_facts(
         tenant=tenant,
         amount=amount,
         currency=currency,
-        amount_usd=amount_usd,
+        amount_usd=risk.amount_usd(amount, currency),
         method=params.payment_method.type,
         card_bin=card["bin"] if card else None,
         card_brand=card["brand"] if card else None,

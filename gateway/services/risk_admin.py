@@ -12,6 +12,7 @@ from gateway import audit, errors
 from gateway.identity import Identity
 from gateway.ids import new_id
 from gateway.store import risk as store
+from gateway.store.types import Connection
 from gateway.views import schemas
 
 
@@ -68,16 +69,7 @@ async def add_list_entry(
             note=params.note,
             created_by=operator.spiffe_id,
         )
-        await audit.record(
-            conn,
-            actor=operator.spiffe_id,
-            action=f"risk.{list_}_list.add",
-            outcome="success",
-            tenant=params.tenant,
-            source=source,
-            object_id=entry.id,
-            details={"kind": params.kind},
-        )
+        await _audited(conn, operator, f"risk.{list_}_list.add", entry, source)
     return entry
 
 
@@ -88,14 +80,21 @@ async def delete_list_entry(
         entry = await store.delete_list_entry(conn, list_=list_, entry_id=entry_id)
         if entry is None:
             raise errors.NotFound(f"No such {list_} list entry: '{entry_id}'.", param="id")
-        await audit.record(
-            conn,
-            actor=operator.spiffe_id,
-            action=f"risk.{list_}_list.remove",
-            outcome="success",
-            tenant=entry.tenant,
-            source=source,
-            object_id=entry.id,
-            details={"kind": entry.kind},
-        )
+        await _audited(conn, operator, f"risk.{list_}_list.remove", entry, source)
     return entry
+
+
+async def _audited(
+    conn: Connection, operator: Identity, action: str, entry: store.ListEntry, source: str | None
+) -> None:
+    """An operator's list change, audited with the tenant it applies to (none: every tenant)."""
+    await audit.record(
+        conn,
+        actor=operator.spiffe_id,
+        action=action,
+        outcome="success",
+        tenant=entry.tenant,
+        source=source,
+        object_id=entry.id,
+        details={"kind": entry.kind},
+    )
