@@ -197,13 +197,15 @@ class Holds:
     async def expire(self, tenant: str, payment_id: str) -> bool:
         """Fail a payment whose challenge expired unanswered (the challenge worker calls this)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
-            if row is None or row.status not in CONFIRMABLE:
-                return False
+            # The challenge is closed even when its payment moved on (canceled meanwhile): an open
+            # expired challenge would come back to this loop for ever.
             answer = await self._stepup.answer(
                 conn, tenant=tenant, payment_id=payment_id, amount=0, currency="", otp=None, signature=None
             )
             if answer.verdict is not Verdict.EXPIRED:
+                return False
+            row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
+            if row is None or row.status not in CONFIRMABLE:
                 return False
             await self._settler.payment(
                 conn,
@@ -237,7 +239,9 @@ class Holds:
             )
 
     async def _reviewable(self, conn: Connection, payment_id: str) -> store.Payment:
-        row = await store.get_payment_any_tenant(conn, payment_id=payment_id)
+        # Locked: an approve and a reject of one payment run one after the other, and the second
+        # finds it no longer under review (a reject must never fail a payment already released).
+        row = await store.get_payment_any_tenant(conn, payment_id=payment_id, for_update=True)
         if row is None:
             raise errors.NotFound(f"No such review: '{payment_id}'.", param="id")
         if row.status not in REVIEWABLE:

@@ -746,32 +746,34 @@ class PaymentService:
                 if claimed is None:
                     raise await self._why_not(conn, tenant, payment_id, "cancel")
                 row, previous = claimed
-                attempt_id = None
-                if row.connector is not None and row.connector_reference is not None:
-                    # Release the authorization (or close the wallet order) at the connector first.
-                    attempt_id = new_id("att")
-                    await store.insert_attempt(
-                        conn,
-                        attempt_id=attempt_id,
-                        payment_id=payment_id,
-                        tenant=tenant,
-                        operation="void",
-                        connector=row.connector,
-                        amount=0,
+                if row.connector_reference is None or row.connector is None:
+                    # Nothing at a connector to release (a payment held by risk, or not yet
+                    # authorized): canceled in the claim's transaction, so no crash can leave it
+                    # processing without an attempt.
+                    decision = Decision(
+                        store.PaymentUpdate(Status.CANCELED), "succeeded", "payment.canceled", 0
                     )
-                    await idempotency.set_recovery_point(
-                        conn,
-                        tenant=tenant,
-                        key=keyed.key,
-                        point=RECOVERY_ATTEMPT_CREATED,
-                        object_id=payment_id,
-                    )
-            if attempt_id is None:
-                decision = Decision(store.PaymentUpdate(Status.CANCELED), "succeeded", "payment.canceled", 0)
-                async with self._pool.acquire() as conn, conn.transaction():
                     return await self._settler.payment(
                         conn, tenant, payment_id, None, decision, caller=caller, action="payment.cancel"
                     )
+                # Release the authorization (or close the wallet order) at the connector first.
+                attempt_id = new_id("att")
+                await store.insert_attempt(
+                    conn,
+                    attempt_id=attempt_id,
+                    payment_id=payment_id,
+                    tenant=tenant,
+                    operation="void",
+                    connector=row.connector,
+                    amount=0,
+                )
+                await idempotency.set_recovery_point(
+                    conn,
+                    tenant=tenant,
+                    key=keyed.key,
+                    point=RECOVERY_ATTEMPT_CREATED,
+                    object_id=payment_id,
+                )
             return await self._void(row, attempt_id, caller, previous=previous)
 
         return await run_idempotent(self._pool, keyed, work)

@@ -804,10 +804,13 @@ async def under_review(
     return [Payment.of(row) for row in rows]
 
 
-async def get_payment_any_tenant(conn: Connection, *, payment_id: str) -> Payment | None:
+async def get_payment_any_tenant(
+    conn: Connection, *, payment_id: str, for_update: bool = False
+) -> Payment | None:
     """For operator routes only (they act across tenants): the payment whatever its tenant."""
+    lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(
-        f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1",  # noqa: S608 - fixed column list
+        f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1{lock}",  # noqa: S608 - fixed column list
         payment_id,
     )
     return Payment.of(row) if row is not None else None

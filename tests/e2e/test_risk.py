@@ -168,6 +168,32 @@ async def test_a_very_high_amount_is_reviewed_and_an_operator_approves_it(stack:
     assert tuple(audited) == ("spiffe://payhub.local/tenant/ops/role/operator", "acme")
 
 
+async def test_approve_and_reject_at_once_one_wins_and_money_agrees(stack: Stack) -> None:
+    for _ in range(3):
+        held = await stack.acme.post("/v1/payments", usd_payment(REVIEW_USD, device=None))
+        review_id = "rev_" + held.body["id"].removeprefix("pay_")
+        approved, rejected = await asyncio.gather(
+            stack.ops.post(f"/v1/reviews/{review_id}/approve", key=None),
+            stack.ops.post(f"/v1/reviews/{review_id}/reject", key=None),
+        )
+        assert sorted([approved.status, rejected.status]) == [200, 409], (approved.body, rejected.body)
+        final = (await stack.acme.get(f"/v1/payments/{held.body['id']}")).body
+        charged = await attempts(stack.gw, held.body["id"])
+        if approved.status == 200:
+            assert (final["status"], final["amount_captured"], charged) == ("succeeded", REVIEW_USD, 1)
+        else:
+            assert (final["status"], final["amount_captured"], charged) == ("failed", 0, 0)
+
+
+async def test_a_held_payment_is_canceled_without_a_connector(stack: Stack) -> None:
+    held = await stack.acme.post("/v1/payments", usd_payment(REVIEW_USD, device=None))
+    canceled = await stack.acme.post(f"/v1/payments/{held.body['id']}/cancel")
+    assert (canceled.status, canceled.body["status"]) == (200, "canceled")
+    assert await attempts(stack.gw, held.body["id"]) == 0
+    late = await stack.ops.post(f"/v1/reviews/rev_{held.body['id'].removeprefix('pay_')}/approve", key=None)
+    assert late.status == 409
+
+
 async def test_an_operator_rejects_a_reviewed_payment(stack: Stack) -> None:
     held = await stack.acme.post("/v1/payments", usd_payment(REVIEW_USD, device=None))
     review_id = "rev_" + held.body["id"].removeprefix("pay_")
@@ -267,6 +293,21 @@ async def test_an_expired_challenge_fails_the_payment(short_otp: Settings, pki: 
                     break
                 await asyncio.sleep(0.1)
             assert status == "failed"
+            # A challenged payment canceled before its expiry: canceled with nothing at a connector,
+            # and its challenge is closed by the worker all the same.
+            third = await acme.post("/v1/payments", {**body, "customer": {"id": "cus_exp3", "phone": PHONE}})
+            canceled = await acme.post(f"/v1/payments/{third.body['id']}/cancel")
+            assert (canceled.status, canceled.body["status"]) == (200, "canceled"), canceled.body
+            assert await attempts(gw, third.body["id"]) == 0
+            for _ in range(100):
+                async with gw.api[DB_POOL].acquire() as conn:
+                    closed = await conn.fetchval(
+                        "SELECT status FROM risk_challenges WHERE payment_id = $1", third.body["id"]
+                    )
+                if closed == "expired":
+                    break
+                await asyncio.sleep(0.1)
+            assert closed == "expired"
     finally:
         await sink.close()
 
