@@ -155,6 +155,10 @@ class Holds:
                 verdict = answer.verdict
                 if verdict is Verdict.PASSED:
                     released = await self._payments.release(conn, row, caller, allowed=CONFIRMABLE)
+                    if released is None:  # canceled meanwhile: the answer is undone with the rest
+                        raise errors.Conflict(
+                            "This payment no longer waits for a step-up.", code="payment_unexpected_state"
+                        )
                 elif verdict in (Verdict.EXPIRED, Verdict.LOCKED):
                     why = (
                         "The challenge expired."
