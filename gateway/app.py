@@ -49,6 +49,7 @@ from gateway.services.settle import Settler
 from gateway.services.stepup import StepUp
 from gateway.store.db import open_pool
 from gateway.store.keyring import KeyringCache
+from gateway.store.velocity_redis import RedisVelocity
 from gateway.tls import TlsContextHolder
 from gateway.traffic import traffic_context, traffic_middleware
 from gateway.workers.audit_sealer import run_sealer
@@ -120,6 +121,13 @@ async def _risk(app: web.Application, settler: Settler) -> AsyncIterator[None]:
         return
     payments = app[PAYMENTS]
     usd = UsdRates()
+    velocity = None
+    if settings.redis_url is not None:  # counters shared in Redis, as the rate limits are
+        velocity = RedisVelocity(
+            settings.redis_url,
+            prefix=f"{settings.limits.redis_key_prefix}:risk",
+            timeout=settings.risk.feature_timeout,
+        )
     risk = RiskService(
         app[DB_POOL],
         settings.risk,
@@ -127,20 +135,27 @@ async def _risk(app: web.Application, settler: Settler) -> AsyncIterator[None]:
         usd=usd,
         ip_countries=StaticIpCountries(),
         metrics=app[METRICS],
+        velocity=velocity,
     )
+    settler.declined = risk.declined
     sender = MessageSender(settings, app[OUTBOUND])
     stepup = StepUp(settings.risk, load_otp_key(settings.keys_dir), sender, app[METRICS])
     holds = Holds(app[DB_POOL], settler, stepup, payments)
+    holds.risk = risk
     payments.risk, payments.holds = risk, holds
     app[HOLDS] = holds
     if CONFIG in app:
         app[CONFIG].subscribe(lambda _old, new: risk.reload(new.risk, list(new.tenants)))
     feed = fx_feed_from_settings(settings, app[OUTBOUND])
-    async with (
-        background(run_usd_rates(feed, usd, USD_RATES_INTERVAL), name="usd-rates"),
-        background(run_challenge_expiry(holds, CHALLENGE_EXPIRY_INTERVAL), name="challenge-expiry"),
-    ):
-        yield
+    try:
+        async with (
+            background(run_usd_rates(feed, usd, USD_RATES_INTERVAL), name="usd-rates"),
+            background(run_challenge_expiry(holds, CHALLENGE_EXPIRY_INTERVAL), name="challenge-expiry"),
+        ):
+            yield
+    finally:
+        if velocity is not None:
+            await velocity.close()
 
 
 async def _connectors(app: web.Application) -> AsyncIterator[None]:

@@ -27,7 +27,7 @@ from gateway.logs import get_logger
 from gateway.services.idempotent import KeyedRequest, Outcome, run_idempotent
 from gateway.services.outcomes import Decision
 from gateway.services.payments import BLOCKED, PaymentService, Released
-from gateway.services.risk import Screening
+from gateway.services.risk import RiskService, Screening
 from gateway.services.settle import Caller, Settler
 from gateway.services.stepup import Issued, StepUp, Verdict
 from gateway.store import payments as store
@@ -57,6 +57,7 @@ class Holds:
         self, pool: asyncpg.Pool, settler: Settler, stepup: StepUp, payments: PaymentService
     ) -> None:
         self.pool = pool
+        self.risk: RiskService | None = None  # counts held payments when its counters are in Redis
         self._settler = settler
         self._stepup = stepup
         self._payments = payments
@@ -93,6 +94,8 @@ class Holds:
                 conn, payment.tenant, payment.id, None, decision, caller=caller, action="payment.create"
             )
         await self._stepup.deliver(issued.message if issued is not None else None)
+        if self.risk is not None:
+            await self.risk.counted(payment.tenant, payment.id, payment.risk_keys)
         return outcome
 
     async def _issue(

@@ -315,6 +315,8 @@ class PaymentService:
                 idempotency_key=caller.keyed.key,
                 recovery_point=RECOVERY_ATTEMPT_CREATED,
             )
+        if self.risk is not None:
+            await self.risk.counted(tenant, payment_id, payment.risk_keys)
         request = _payment_request(
             tenant, payment_id, attempt_id, params, amount=amount, currency=currency, prepared=prepared
         )
@@ -656,6 +658,8 @@ class PaymentService:
                     object_id=payment_id,
                 )
             outcome = await self._apply_create(conn, tenant, payment_id, None, decision, caller=caller)
+        if self.risk is not None and screening is not None:
+            await self.risk.counted(tenant, payment_id, screening.keys)
         return await self._post_if_collected(tenant, payment_id, decision, outcome, caller)
 
     # ---- capture / cancel ------------------------------------------------------------------

@@ -11,11 +11,13 @@ holds the payment for review.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import asyncpg
+from redis.exceptions import RedisError
 
 from config.settings import ConfigError, RiskRuleSettings, RiskSettings
 from gateway.domain.money import exponent
@@ -23,7 +25,8 @@ from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.store import risk as store
 from gateway.store.risk import RiskKeys, StoredFeatures
-from gateway.store.types import Rider
+from gateway.store.types import Connection, Rider
+from gateway.store.velocity_redis import RedisVelocity
 from risk.decision import Decision, Thresholds, decide, fail_closed
 from risk.features import KEY_KINDS, WINDOWS, History, PaymentFacts, Velocity, VelocityCell, build_features
 from risk.geo import IpCountryLookup
@@ -110,8 +113,10 @@ class RiskService:
         usd: UsdRates,
         ip_countries: IpCountryLookup,
         metrics: Metrics,
+        velocity: RedisVelocity | None = None,
     ) -> None:
         self._pool = pool
+        self._velocity = velocity  # Redis counters (PAYHUB_REDIS_URL), else PostgreSQL's
         self._usd = usd
         self._ip_countries = ip_countries
         self._metrics = metrics
@@ -132,7 +137,10 @@ class RiskService:
 
     def rider(self, facts: PaymentFacts, card_fingerprint: str | None) -> Rider:
         """The payment's feature read, to ride in its first statement (the vault's, for a card)."""
-        return store.feature_rider(facts.tenant, _keys(facts, card_fingerprint), _list_keys(facts))
+        return store.feature_rider(facts.tenant, self._keys(facts, card_fingerprint), _list_keys(facts))
+
+    def _keys(self, facts: PaymentFacts, card_fingerprint: str | None) -> RiskKeys:
+        return _keys(facts, card_fingerprint, counted_here=self._velocity is None)
 
     async def screen(
         self, facts: PaymentFacts, *, card_fingerprint: str | None, read: StoredFeatures | None = None
@@ -143,7 +151,7 @@ class RiskService:
         if rules is None:  # a tenant added by a reload after start-up: the shared rules
             rules = compile_rules(self.settings, [facts.tenant])[facts.tenant]
             self._rules = {**self._rules, facts.tenant: rules}
-        keys = _keys(facts, card_fingerprint)
+        keys = self._keys(facts, card_fingerprint)
         list_keys = _list_keys(facts)
         static_deny = tuple(f"{k}:{v}" for k, v in list_keys if f"{k}:{v}" in self._deny)
         static_allow = tuple(f"{k}:{v}" for k, v in list_keys if f"{k}:{v}" in self._allow)
@@ -154,7 +162,11 @@ class RiskService:
                     stored = await store.read_features(
                         conn, store.feature_rider(facts.tenant, keys, list_keys)
                     )
-        except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
+            if self._velocity is not None:
+                async with asyncio.timeout(self.settings.feature_timeout):
+                    counted = await self._velocity.read(facts.tenant, keys)
+                stored = dataclasses.replace(stored, velocity=counted)
+        except (TimeoutError, asyncpg.PostgresError, RedisError, OSError) as exc:
             self._metrics.risk_feature_failures.labels(rules.fail_mode).inc()
             log.warning("risk.features_unavailable", fail_mode=rules.fail_mode, error=type(exc).__name__)
             if rules.fail_mode == "closed":
@@ -180,6 +192,32 @@ class RiskService:
         decision = decide(rules.ruleset, features, rules.thresholds)
         return self._decided(facts, Screening(decision, keys, locked_until))
 
+    async def counted(self, tenant: str, payment_id: str, keys: RiskKeys) -> None:
+        """After the statement that records a payment: count it in Redis (PostgreSQL counters are
+        written by that statement itself). A failure is logged and counted, never the payment's."""
+        if self._velocity is None or not keys.pairs:
+            return
+        try:
+            await self._velocity.count(tenant, payment_id, keys)
+        except (RedisError, OSError) as exc:
+            self._metrics.risk_feature_failures.labels("count").inc()
+            log.warning("risk.count_failed", error=type(exc).__name__)
+
+    async def declined(self, conn: Connection, payment_id: str) -> None:
+        """A decline applied in the caller's transaction, counted under the payment's keys."""
+        if self._velocity is None:
+            await store.count_decline(conn, payment_id=payment_id)
+            return
+        found = await store.risk_keys_of(conn, payment_id=payment_id)
+        if found is None:
+            return
+        tenant, keys = found
+        try:
+            await self._velocity.count_decline(tenant, payment_id, keys)
+        except (RedisError, OSError) as exc:
+            self._metrics.risk_feature_failures.labels("count").inc()
+            log.warning("risk.count_failed", error=type(exc).__name__)
+
     def _decided(self, facts: PaymentFacts, screening: Screening) -> Screening:
         decision = screening.decision
         self._metrics.risk_decisions.labels(decision.action.label).inc()
@@ -193,7 +231,7 @@ class RiskService:
         return screening
 
 
-def _keys(facts: PaymentFacts, card_fingerprint: str | None) -> RiskKeys:
+def _keys(facts: PaymentFacts, card_fingerprint: str | None, *, counted_here: bool) -> RiskKeys:
     candidates = (
         ("card", card_fingerprint),
         ("customer", facts.customer_id),
@@ -208,6 +246,7 @@ def _keys(facts: PaymentFacts, card_fingerprint: str | None) -> RiskKeys:
         customer_id=facts.customer_id,
         device_id=facts.device_id,
         msisdn=facts.msisdn,
+        counted_here=counted_here,
     )
 
 

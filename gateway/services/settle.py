@@ -9,6 +9,7 @@ the audit row and the stored idempotent response — all in the caller's transac
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,6 +166,9 @@ class Settler:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        # Counts a decline under the payment's velocity keys; the risk service replaces it when its
+        # counters live in Redis.
+        self.declined: Callable[[Connection, str], Awaitable[None]] = _count_decline
 
     async def payment(
         self,
@@ -199,7 +203,7 @@ class Settler:
             await _book_collection(conn, row, decision)
         if attempt_id and row.status == Status.FAILED:
             # A decline at the connector counts against the payment's velocity keys (card testing).
-            await risk_store.count_decline(conn, payment_id=payment_id)
+            await self.declined(conn, payment_id)
         if decision.post_bill:
             # Recorded with the collection, so the posting exists before the biller is called and
             # the resolver finds it even if this process dies right after the commit.
@@ -312,3 +316,7 @@ class Settler:
             ),
         )
         return Outcome(200, body)
+
+
+async def _count_decline(conn: Connection, payment_id: str) -> None:
+    await risk_store.count_decline(conn, payment_id=payment_id)

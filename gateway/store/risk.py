@@ -33,6 +33,7 @@ class RiskKeys:
     customer_id: str | None = None
     device_id: str | None = None
     msisdn: str | None = None
+    counted_here: bool = True  # False: counted in Redis instead (gateway/store/velocity_redis.py)
 
     def seen(self) -> tuple[list[str], list[str]]:
         """risk_seen rows for the MSISDN: per customer and per device."""
@@ -45,7 +46,9 @@ class RiskKeys:
         return kinds, keys
 
     def args(self) -> tuple[object, ...]:
-        """The six parameters of COUNT_CTES, in order."""
+        """The six parameters of COUNT_CTES, in order (nothing to count when counted elsewhere)."""
+        if not self.counted_here:
+            return ([], [], 0, None, [], [])
         seen_kinds, seen_keys = self.seen()
         return (
             [kind for kind, _ in self.pairs],
@@ -199,6 +202,17 @@ async def read_features(conn: Connection, rider: Rider) -> StoredFeatures:
     row = await conn.fetchrow(rider.select(1), *rider.args)
     assert row is not None  # a SELECT without FROM always returns its one row
     return stored_features(tuple(row))
+
+
+async def risk_keys_of(conn: Connection, *, payment_id: str) -> tuple[str, RiskKeys] | None:
+    """(tenant, the keys the payment was counted under), for counting its decline elsewhere."""
+    row = await conn.fetchrow(
+        "SELECT tenant, risk_keys::text FROM payments WHERE id = $1 AND risk_keys IS NOT NULL", payment_id
+    )
+    if row is None:
+        return None
+    pairs = tuple((kind, key) for kind, key in orjson.loads(row[1]))
+    return row[0], RiskKeys(pairs=pairs, counted_here=False)
 
 
 async def count_decline(conn: Connection, *, payment_id: str) -> None:

@@ -36,9 +36,11 @@ from crypto.pki import PkiPaths
 from gateway.keys import DB_POOL, PAYMENTS
 from gateway.server import RunningGateway
 from gateway.services.risk import compile_rules
+from gateway.store.risk import RiskKeys
+from gateway.store.velocity_redis import RedisVelocity
 from tests.support.api import Api, api_client, card_payment
 from tests.support.mtls import gateway
-from tests.support.traffic import metric, scrape
+from tests.support.traffic import REDIS_URL, metric, needs_redis, scrape, unique_prefix
 
 PHONE = "+12025550143"  # US, like the card (BIN 411111) and the IP: no country mismatch
 HIGH_USD = 250_000  # 2,500.00 USD: a new device at this amount is challenged
@@ -511,3 +513,55 @@ async def test_a_config_reload_swaps_the_rules_at_once(reloadable: Reloadable, p
         gw.reload()
         kept = await acme.post("/v1/payments", card_payment(amount=7777))
         assert kept.body["risk"]["ruleset"] == after.body["risk"]["ruleset"]
+
+
+# ---- velocity counters in Redis (PAYHUB_REDIS_URL) -----------------------------------------------
+
+
+@needs_redis
+async def test_with_redis_the_counters_live_there_and_card_testing_still_blocks(
+    settings: Settings, pki: PkiPaths
+) -> None:
+    assert REDIS_URL is not None
+    limits = msgspec.structs.replace(settings.limits, redis_key_prefix=unique_prefix())
+    redis = msgspec.structs.replace(settings, redis_url=REDIS_URL, limits=limits, risk=DEV_RISK)
+    async with gateway(redis) as gw, api_client(pki, "acme", gw.api_port) as acme:
+        ip = "192.0.2.77"
+        for _ in range(5):
+            declined = await acme.post("/v1/payments", card_payment("4000000000000002", customer={"ip": ip}))
+            assert declined.body["status"] == "failed"
+        blocked = await acme.post("/v1/payments", card_payment(customer={"ip": ip}))
+        assert blocked.body["failure"]["code"] == "risk_blocked", blocked.body
+        assert blocked.body["risk"]["reasons"][0]["observed"]["velocity.ip.h1.declines"] == 5
+        async with gw.api[DB_POOL].acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM risk_counters") == 0  # none in PostgreSQL
+
+
+@needs_redis
+async def test_redis_counts_a_payment_once_and_msisdns_distinctly() -> None:
+    assert REDIS_URL is not None
+    velocity = RedisVelocity(REDIS_URL, prefix=unique_prefix(), timeout=1.0)
+    try:
+        for n in range(3):
+            keys = RiskKeys(
+                pairs=(("customer", "cus_r"), ("msisdn", f"+861380000000{n}")),
+                amount_usd_cents=1250,
+                customer_id="cus_r",
+                msisdn=f"+861380000000{n}",
+                counted_here=False,
+            )
+            assert await velocity.count("acme", f"pay_{n}", keys)
+            assert not await velocity.count("acme", f"pay_{n}", keys)  # a retry counts nothing
+        assert await velocity.count_decline("acme", "pay_0", keys)
+        assert not await velocity.count_decline("acme", "pay_0", keys)
+        seen = await velocity.read("acme", RiskKeys(pairs=(("customer", "cus_r"),), customer_id="cus_r"))
+        cell = seen["customer"]["h1"]
+        assert (cell["count"], cell["amount_usd"], cell["declines"], cell["distinct_msisdn"]) == (
+            3,
+            37.5,
+            1,
+            3,
+        )
+        assert seen["customer"]["d1"]["count"] == 3
+    finally:
+        await velocity.close()
