@@ -160,7 +160,9 @@ async def _serve(settings: Settings, *, reuse_port: bool) -> None:
             ops=f"http://{settings.server.ops_listen}",
             pid=os.getpid(),
         )
-        if settings.server.dev_mode:
+        if settings.server.dev_mode and sys.stderr.isatty():
+            # Only to a person at a terminal (`make run`): a log shipper reading the process's output
+            # gets JSON lines only, and never the hint's test card number.
             print_try_me(settings, gateway.api_port)
         await _wait_for_stop(gateway.reload)
         log.info("gateway.stopping")
@@ -169,7 +171,7 @@ async def _serve(settings: Settings, *, reuse_port: bool) -> None:
 
 
 def print_try_me(settings: Settings, port: int) -> None:
-    """Dev mode: a ready-to-paste curl line with a dev client certificate (on stderr, not in the logs)."""
+    """Dev mode at a terminal: a ready-to-paste curl line with a dev client certificate (on stderr)."""
     pki = PkiPaths(settings.pki_dir)
     tenant = next((t for t, conf in settings.tenants.items() if conf.role == "client"), None)
     if tenant is None or not pki.client_cert(tenant).exists():

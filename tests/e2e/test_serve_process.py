@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pty
+import select
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +19,7 @@ from crypto.pki import PkiPaths
 from gateway.store.embedded import with_database
 from tests.support import postgres
 from tests.support.mtls import client
-from tests.support.processes import free_port, payhub_env, run_payhub, start_payhub, wait_ready
+from tests.support.processes import REPO, free_port, payhub_env, run_payhub, start_payhub, wait_ready
 
 PAN = "4111111111111111"
 
@@ -55,11 +60,9 @@ async def test_serve_process_end_to_end(payhub_home: Path, db_url: str, tmp_path
     assert exit_code == 0
     output = log_file.read_bytes()
     human = log_file.with_suffix(".err").read_text()
-    assert "curl --cert" in human  # the dev-mode hint, on stderr so stdout stays pure JSON
-    # The hint itself shows the public sandbox test card; nothing else on stderr may hold it.
-    before, _, rest = human.partition("payhub is ready")
-    after = rest.partition("metrics:")[2].partition("\n")[2]
-    assert PAN not in before + after
+    # Not a terminal: no ready hint (it shows the sandbox test card), nothing but JSON on stdout.
+    assert "payhub is ready" not in human and "curl --cert" not in human
+    assert PAN not in human
     assert PAN.encode() not in output
     assert b"4111 1111 1111 1111" not in output
     events = [orjson.loads(line) for line in output.splitlines() if line.strip()]  # every line is JSON
@@ -106,3 +109,40 @@ def test_invalid_config_fails_at_startup_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "database.pool_max" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_ready_hint_goes_to_a_terminal_only(payhub_home: Path, db_url: str) -> None:
+    """At a terminal (as with `make run`) the dev-mode hint shows a ready-to-paste curl line."""
+    api_port, ops_port = free_port(), free_port()
+    env = payhub_env(
+        PAYHUB_HOME=str(payhub_home),
+        PAYHUB_DATABASE_URL=db_url,
+        PAYHUB_LISTEN=f"127.0.0.1:{api_port}",
+        PAYHUB_OPS_LISTEN=f"127.0.0.1:{ops_port}",
+    )
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"who am I" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 1.0)
+            if ready:
+                try:
+                    seen += os.read(controller, 4096)
+                except OSError:  # the process went away
+                    break
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+        os.close(controller)
+    text = seen.decode(errors="replace")
+    assert "payhub is ready" in text, text[-2000:]
+    assert f"https://localhost:{api_port}/v1/payments" in text
