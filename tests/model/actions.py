@@ -33,6 +33,7 @@ class Profile:
     examples: int
     steps: int
     crashes_per_example: int  # at least (the teardown adds crashes if the rules drew fewer)
+    max_crashes: int  # at most per example: beyond it the kill rule does nothing (bounds the run's time)
     quiesce: float  # seconds to wait for everything to settle before the checks
 
 

@@ -33,8 +33,10 @@ from tests.model.actions import IN_FLIGHT, SLOW_IN_FLIGHT, Actions, Profile, Wor
 from tests.model.harness import Client, History, Loop, Sandbox, Stack
 
 PROFILES = {
-    "fast": Profile(examples=1, steps=40, crashes_per_example=2, quiesce=60.0),
-    "long": Profile(examples=3, steps=150, crashes_per_example=7, quiesce=90.0),
+    # Hypothesis's swarm testing sometimes enables little more than the kill rule in an example; the
+    # cap keeps such an example from spending the whole budget on restarts (38 kills, 10 min, once).
+    "fast": Profile(examples=1, steps=40, crashes_per_example=2, max_crashes=8, quiesce=60.0),
+    "long": Profile(examples=3, steps=150, crashes_per_example=7, max_crashes=30, quiesce=90.0),
 }
 PROFILE_NAME = os.environ.get("PAYHUB_MODEL_PROFILE", "fast")
 
@@ -302,6 +304,8 @@ class ConservationMachine(Actions, RuleBasedStateMachine):
     def kill_gateway(
         self, kinds: list[str], slow: str | None, delay_ms: int, payment: str | None, latency: float
     ) -> Any:
+        if self.crashes >= self.world.profile.max_crashes:
+            return multiple()
         return multiple(*self.crash_with([*kinds, *([slow] if slow else [])], delay_ms, payment, latency))
 
     @rule(seconds=st.sampled_from([0.2, 0.5, 1.0, 2.0]))
