@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from risk.decision import decide
-from risk.defaults import default_ruleset
+from risk.defaults import dev_ruleset
 from risk.features import KEY_KINDS, WINDOWS, History, PaymentFacts, Velocity, VelocityCell, build_features
 from risk.geo import StaticIpCountries
 
@@ -75,7 +75,7 @@ def main() -> None:
         print(f"p50 {p50:.1f} us  p99 {p99:.1f} us  max {max(samples):.1f} us")
         return
     rng = random.Random(7)
-    ruleset, ips = default_ruleset(), StaticIpCountries()
+    ruleset, ips = dev_ruleset(), StaticIpCountries()
     cases = [inputs(rng) for _ in range(args.n + 1000)]
     samples: list[float] = []
     for i, (facts, velocity, history) in enumerate(cases):

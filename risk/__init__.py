@@ -2,5 +2,5 @@
 
 ``features`` builds the CEL activation (the rule authors' contract), ``rules`` compiles and
 evaluates rules, ``decision`` turns hits into allow/challenge/review/block with reasons, ``geo``
-maps BINs, IPs and phones to countries, ``defaults`` holds the dev rules as data.
+maps BINs, IPs and phones to countries, ``defaults`` turns configured rules into specs.
 """

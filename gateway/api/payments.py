@@ -13,6 +13,7 @@ from gateway.api.lists import page_params, render_list, unknown_cursor
 from gateway.api.routes import CLIENT, add
 from gateway.keys import DB_POOL, HOLDS, PAYMENTS
 from gateway.middlewares import require_identity
+from gateway.services.holds import Holds
 from gateway.services.idempotent import KeyedRequest, Outcome, require_key
 from gateway.store import payments as store
 from gateway.traffic import check_customer_limit
@@ -61,14 +62,21 @@ async def capture_payment(request: web.Request) -> web.Response:
     return outcome_response(outcome)
 
 
+def holds_of(request: web.Request) -> Holds:
+    """Held payments' service; with risk screening off there is none (409, never a 500)."""
+    holds = request.app.get(HOLDS)
+    if holds is None:
+        raise errors.Conflict("Risk screening is off: no payment is held for a step-up or a review.")
+    return holds
+
+
 async def confirm_payment(request: web.Request) -> web.Response:
     identity = require_identity(request)
     params = await read_json(request, schemas.ConfirmPaymentRequest)
     keyed = await keyed_request(request, identity.tenant)
-    holds = request.app.get(HOLDS)
-    if holds is None:
-        raise errors.Conflict("Risk screening is off: no payment waits for a step-up.")
-    outcome = await holds.confirm(identity, request.match_info["id"], params, keyed, request.remote)
+    outcome = await holds_of(request).confirm(
+        identity, request.match_info["id"], params, keyed, request.remote
+    )
     return outcome_response(outcome)
 
 

@@ -7,9 +7,9 @@ from aiohttp import web
 from gateway import errors
 from gateway.api.common import json_response, read_json
 from gateway.api.lists import page_params, render_list
-from gateway.api.payments import outcome_response
+from gateway.api.payments import holds_of, outcome_response
 from gateway.api.routes import CLIENT, OPERATOR, add
-from gateway.keys import DB_POOL, HOLDS
+from gateway.keys import DB_POOL
 from gateway.middlewares import require_identity
 from gateway.services import risk_admin
 from gateway.store import payments as payments_store
@@ -27,9 +27,9 @@ async def create_device(request: web.Request) -> web.Response:
     return json_response(render.device(device))
 
 
-def _payment_id(review_id: str) -> str:
+def _payment_id(review_id: str, param: str = "id") -> str:
     if not review_id.startswith("rev_"):
-        raise errors.NotFound(f"No such review: '{review_id}'.", param="id")
+        raise errors.NotFound(f"No such review: '{review_id}'.", param=param)
     return "pay_" + review_id.removeprefix("rev_")
 
 
@@ -40,7 +40,7 @@ async def list_reviews(request: web.Request) -> web.Response:
     async with request.app[DB_POOL].acquire() as conn:
         if page.starting_after is not None:
             row = await payments_store.get_payment_any_tenant(
-                conn, payment_id=_payment_id(page.starting_after)
+                conn, payment_id=_payment_id(page.starting_after, "starting_after")
             )
             if row is None or row.status != "under_review":
                 raise errors.NotFound(f"No such review: '{page.starting_after}'.", param="starting_after")
@@ -52,17 +52,20 @@ async def list_reviews(request: web.Request) -> web.Response:
 
 
 async def approve_review(request: web.Request) -> web.Response:
-    operator = require_identity(request)
-    await read_json(request, schemas.ReviewDecisionRequest)
-    payment_id = _payment_id(request.match_info["id"])
-    return outcome_response(await request.app[HOLDS].approve(operator, payment_id, request.remote))
+    return await _decide(request, approve=True)
 
 
 async def reject_review(request: web.Request) -> web.Response:
+    return await _decide(request, approve=False)
+
+
+async def _decide(request: web.Request, *, approve: bool) -> web.Response:
     operator = require_identity(request)
     await read_json(request, schemas.ReviewDecisionRequest)
     payment_id = _payment_id(request.match_info["id"])
-    return outcome_response(await request.app[HOLDS].reject(operator, payment_id, request.remote))
+    holds = holds_of(request)
+    decide = holds.approve if approve else holds.reject
+    return outcome_response(await decide(operator, payment_id, request.remote))
 
 
 def _list_name(request: web.Request) -> str:

@@ -25,7 +25,7 @@ from gateway.domain.payment_state import CONFIRMABLE, REVIEWABLE, Status
 from gateway.identity import Identity
 from gateway.logs import get_logger
 from gateway.services.idempotent import KeyedRequest, Outcome, run_idempotent
-from gateway.services.outcomes import Decision
+from gateway.services.outcomes import Decision, refused
 from gateway.services.payments import BLOCKED, PaymentService, Released
 from gateway.services.risk import RiskService, Screening
 from gateway.services.settle import Caller, Settler
@@ -40,11 +40,6 @@ from risk.rules import Action
 log = get_logger("gateway.holds")
 
 AUTHENTICATION_REQUIRED = "authentication_required"
-
-
-def _failed(code: str, message: str) -> Decision:
-    update = store.PaymentUpdate(Status.FAILED, failure_code=code, failure_message=message)
-    return Decision(update, "failed", "payment.failed", 0)
 
 
 def _held(status: Status, event: str, next_action: dict[str, object] | None = None) -> Decision:
@@ -77,7 +72,7 @@ class Holds:
         async with self.pool.acquire() as conn, conn.transaction():
             await store.insert_payment(conn, payment)
             if action is Action.CHALLENGE and screening.locked_until is not None:
-                decision = _failed(AUTHENTICATION_REQUIRED, "Step-up is locked after too many wrong answers.")
+                decision = refused(AUTHENTICATION_REQUIRED, "Step-up is locked after too many wrong answers.")
             elif action is Action.CHALLENGE:
                 issued = await self._issue(conn, payment, customer)
                 decision = (
@@ -173,7 +168,7 @@ class Holds:
                         tenant,
                         payment_id,
                         None,
-                        _failed(AUTHENTICATION_REQUIRED, why),
+                        refused(AUTHENTICATION_REQUIRED, why),
                         caller=caller,
                         action="payment.confirm",
                     )
@@ -201,6 +196,11 @@ class Holds:
 
         return await run_idempotent(self.pool, keyed, work)
 
+    async def expired(self, limit: int = 100) -> list[tuple[str, str]]:
+        """(tenant, payment) of open challenges past their expiry, for the expiry loop."""
+        async with self.pool.acquire() as conn:
+            return await risk_store.expired_challenges(conn, limit=limit)
+
     async def expire(self, tenant: str, payment_id: str) -> bool:
         """Fail a payment whose challenge expired unanswered (the challenge worker calls this)."""
         async with self.pool.acquire() as conn, conn.transaction():
@@ -219,7 +219,7 @@ class Holds:
                 tenant,
                 payment_id,
                 None,
-                _failed(AUTHENTICATION_REQUIRED, "The challenge expired."),
+                refused(AUTHENTICATION_REQUIRED, "The challenge expired."),
                 caller=Caller(),
                 action="payment.challenge_expired",
             )
@@ -240,7 +240,7 @@ class Holds:
         caller = Caller(operator, source, None)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await self._reviewable(conn, payment_id)
-            decision = _failed("risk_blocked", "Rejected in review.")
+            decision = refused("risk_blocked", "Rejected in review.")
             return await self._settler.payment(
                 conn, row.tenant, payment_id, None, decision, caller=caller, action="review.reject"
             )
@@ -261,8 +261,3 @@ def _unexpected(status: str, action: str) -> errors.ApiError:
         f"You cannot {action} this payment because it has a status of {status}.",
         code="payment_unexpected_state",
     )
-
-
-async def expired_challenges(pool: asyncpg.Pool, limit: int = 100) -> list[tuple[str, str]]:
-    async with pool.acquire() as conn:
-        return await risk_store.expired_challenges(conn, limit=limit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import orjson
@@ -70,3 +71,17 @@ def after_void(result: ConnectorResult, *, authorized: bool) -> Decision:
         return Decision(PaymentUpdate(Status.CANCELED), "succeeded", "payment.canceled", 0)
     back = Status.REQUIRES_CAPTURE if authorized else Status.REQUIRES_ACTION
     return Decision(PaymentUpdate(back), "failed", "payment.cancel_failed", 0)
+
+
+def stays(decision: Decision, current: Status) -> Decision:
+    """A payment already ``processing`` (a released held payment) that the answer leaves processing
+    keeps its status; only its attempt moves (``processing`` → ``processing`` is no transition)."""
+    if current == Status.PROCESSING and decision.update.status == Status.PROCESSING:
+        return dataclasses.replace(decision, update=dataclasses.replace(decision.update, status=None))
+    return decision
+
+
+def refused(code: str, message: str) -> Decision:
+    """The hub fails a payment before (or instead of) any connector call: risk, step-up."""
+    update = PaymentUpdate(Status.FAILED, failure_code=code, failure_message=message)
+    return Decision(update, "failed", "payment.failed", 0)

@@ -45,7 +45,15 @@ from gateway.services.inputs import (
     money,
     refuse_card_numbers,
 )
-from gateway.services.outcomes import Decision, after_authorize, after_capture, after_error, after_void
+from gateway.services.outcomes import (
+    Decision,
+    after_authorize,
+    after_capture,
+    after_error,
+    after_void,
+    refused,
+    stays,
+)
 from gateway.services.risk import RiskService, Screening
 from gateway.services.settle import HUB, Caller, Settler, book
 from gateway.store import idempotency, ledger
@@ -305,7 +313,8 @@ class PaymentService:
         )
         if screening is not None and screening.decision.action is not Action.ALLOW:
             assert self.holds is not None  # set with the risk service
-            payment = dataclasses.replace(payment, held_details=_held_json(prepared))
+            if screening.decision.action is not Action.BLOCK:  # held: its connector call comes later
+                payment = dataclasses.replace(payment, held_details=_held_json(prepared))
             return await self.holds.hold(payment, screening, customer, caller)
         async with self._pool.acquire() as conn:
             await store.start_payment(
@@ -360,8 +369,10 @@ class PaymentService:
         *,
         has_bill: bool,
         action: str = "payment.create",
+        current: Status = Status.NEW,
     ) -> Outcome:
-        """Phases 2 and 3 of a create: the connector call (with fallback), then apply."""
+        """Phases 2 and 3 of a create: the connector call (with fallback), then apply. ``current``
+        is the payment's status while it waits: ``processing`` for a released held payment."""
         tenant, payment_id, attempt_id = request.tenant, request.payment_id, request.attempt_id
         for position, connector in enumerate(candidates):
             try:
@@ -390,7 +401,8 @@ class PaymentService:
             else:
                 decision = after_authorize(result, amount=request.amount, capture=request.capture)
                 break
-        decision = collected_for_bill(decision, current=Status.NEW) if has_bill else decision
+        decision = collected_for_bill(decision, current=current) if has_bill else decision
+        decision = stays(decision, current)
         async with self._pool.acquire() as conn, conn.transaction():
             outcome = await self._apply_create(
                 conn, tenant, payment_id, attempt_id, decision, caller=caller, action=action
@@ -442,7 +454,12 @@ class PaymentService:
             candidates = candidates[candidates.index(connector) :]
         request = await self._held_request(row, released.held_details, released.attempt_id)
         return await self._authorize(
-            request, candidates, caller, has_bill=row.biller is not None, action=action
+            request,
+            candidates,
+            caller,
+            has_bill=row.biller is not None,
+            action=action,
+            current=Status.PROCESSING,
         )
 
     async def resume_released(self, tenant: str, payment_id: str, caller: Caller, *, action: str) -> Outcome:
@@ -963,12 +980,7 @@ def _customer_json(customer: schemas.CustomerInput | None) -> str | None:
 # decided at once, so for those a held decision refuses the payment instead.
 HOLDABLE = frozenset({"card", "bank_transfer", "wallet"})
 
-BLOCKED = Decision(
-    store.PaymentUpdate(Status.FAILED, failure_code="risk_blocked", failure_message="Blocked by risk rules."),
-    "failed",
-    "payment.failed",
-    0,
-)
+BLOCKED = refused("risk_blocked", "Blocked by risk rules.")
 
 
 def _risk_json(screening: Screening | None) -> str | None:

@@ -19,7 +19,7 @@ from decimal import Decimal
 import asyncpg
 from redis.exceptions import RedisError
 
-from config.settings import ConfigError, RiskRuleSettings, RiskSettings
+from config.settings import ConfigError, RiskSettings
 from gateway.domain.money import exponent
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
@@ -28,9 +28,10 @@ from gateway.store.risk import RiskKeys, StoredFeatures
 from gateway.store.types import Connection, Rider
 from gateway.store.velocity_redis import RedisVelocity
 from risk.decision import Decision, Thresholds, decide, fail_closed
+from risk.defaults import spec_of
 from risk.features import KEY_KINDS, WINDOWS, History, PaymentFacts, Velocity, VelocityCell, build_features
 from risk.geo import IpCountryLookup
-from risk.rules import Action, RuleError, Ruleset, RuleSpec
+from risk.rules import RuleError, Ruleset
 
 log = get_logger("gateway.risk")
 
@@ -75,11 +76,6 @@ class Screening:
     locked_until: datetime | None  # the customer's step-up is locked until then
 
 
-def _spec(rule: RiskRuleSettings) -> RuleSpec:
-    action = Action.parse(rule.action) if rule.action is not None else None
-    return RuleSpec(rule.id, rule.when, rule.score, action, rule.mode, rule.message)
-
-
 def compile_rules(settings: RiskSettings, tenants: list[str]) -> dict[str, TenantRules]:
     """Every tenant's rules; ConfigError naming the rule that does not compile."""
     compiled: dict[str, TenantRules] = {}
@@ -87,7 +83,7 @@ def compile_rules(settings: RiskSettings, tenants: list[str]) -> dict[str, Tenan
         own = settings.tenants.get(tenant)
         rules = [*settings.rules, *(own.rules if own else [])]
         try:
-            ruleset = Ruleset.compile(_spec(rule) for rule in rules)
+            ruleset = Ruleset.compile(spec_of(rule) for rule in rules)
         except (RuleError, ValueError) as exc:
             raise ConfigError(f"risk.rules: {exc}") from exc
         t = own.thresholds if own and own.thresholds else settings.thresholds
@@ -97,10 +93,6 @@ def compile_rules(settings: RiskSettings, tenants: list[str]) -> dict[str, Tenan
             own.fail_mode if own and own.fail_mode else settings.fail_mode,
         )
     return compiled
-
-
-def _static_lists(entries: list[str]) -> frozenset[str]:
-    return frozenset(entries)
 
 
 class RiskService:
@@ -122,14 +114,14 @@ class RiskService:
         self._metrics = metrics
         self.settings = settings
         self._rules = compile_rules(settings, tenants)
-        self._deny = _static_lists(settings.deny)
-        self._allow = _static_lists(settings.allow)
+        self._deny = frozenset(settings.deny)
+        self._allow = frozenset(settings.allow)
 
     def reload(self, settings: RiskSettings, tenants: list[str]) -> None:
         """Swap every tenant's rules at once (a request sees the old set or the new one, never a mix)."""
         rules = compile_rules(settings, tenants)  # raises before anything changes
         self.settings, self._rules = settings, rules
-        self._deny, self._allow = _static_lists(settings.deny), _static_lists(settings.allow)
+        self._deny, self._allow = frozenset(settings.deny), frozenset(settings.allow)
         log.info("risk.rules_reloaded", versions={t: r.ruleset.version for t, r in rules.items()})
 
     def amount_usd(self, amount: int, currency: str) -> float | None:

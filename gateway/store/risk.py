@@ -19,9 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.store.types import Connection, Rider
-
-KINDS = ("card", "customer", "ip", "device", "msisdn")
-WINDOWS = ("m1", "h1", "d1")
+from risk.features import WINDOWS
 
 
 @dataclass(frozen=True, slots=True)

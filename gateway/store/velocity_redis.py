@@ -17,7 +17,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.store.risk import WINDOWS, RiskKeys
+from gateway.store.risk import RiskKeys
+from risk.features import WINDOWS
 
 DAY = 86_400
 KEEP = DAY + 3600  # seconds a key outlives its last write
@@ -69,20 +70,13 @@ class RedisVelocity:
     def _hash(self, tenant: str, kind: str, key: str) -> str:
         return f"{self._prefix}:{tenant}:v:{kind}:{key}"
 
-    def _seen(self, tenant: str, keys: RiskKeys) -> list[tuple[str, str]]:
-        kinds, owners = keys.seen()
-        return [
-            (kind, f"{self._prefix}:{tenant}:s:{kind}:{owner}")
-            for kind, owner in zip(kinds, owners, strict=True)
-        ]
-
     async def read(self, tenant: str, keys: RiskKeys) -> dict[str, dict[str, dict[str, float]]]:
         """kind → window → count | amount_usd | declines | distinct_msisdn (the store's shape)."""
         now = time.time()
         pipe = self._redis.pipeline(transaction=False)
         for kind, key in keys.pairs:
             pipe.hgetall(self._hash(tenant, kind, key))
-        owners = [(kind, name) for kind, name in self._seen_for_read(tenant, keys)]
+        owners = self._sets(tenant, keys)
         for _, name in owners:
             for window in WINDOWS:
                 pipe.zcount(name, now - _SPANS[window], "+inf")
@@ -98,8 +92,8 @@ class RedisVelocity:
                 velocity.setdefault(owner, {}).setdefault(window, {})["distinct_msisdn"] = int(next(counts))
         return velocity
 
-    def _seen_for_read(self, tenant: str, keys: RiskKeys) -> list[tuple[str, str]]:
-        """Both owners' sets, MSISDN given or not (the read is about earlier payments)."""
+    def _sets(self, tenant: str, keys: RiskKeys) -> list[tuple[str, str]]:
+        """(kind, key) of the distinct-MSISDN sets of the payment's customer and device."""
         owners = (("customer_msisdn", keys.customer_id), ("device_msisdn", keys.device_id))
         return [(kind, f"{self._prefix}:{tenant}:s:{kind}:{owner}") for kind, owner in owners if owner]
 
@@ -113,7 +107,8 @@ class RedisVelocity:
     async def _run(self, tenant: str, marker: str, keys: RiskKeys, what: str, amount: int) -> bool:
         now = time.time()
         hashes = [self._hash(tenant, kind, key) for kind, key in keys.pairs]
-        seen = [name for _, name in self._seen(tenant, keys)] if what == "c" else []
+        # A count adds the payment's MSISDN to its customer's and device's sets.
+        seen = [name for _, name in self._sets(tenant, keys)] if what == "c" and keys.msisdn else []
         args: list[str | int] = [
             len(hashes),
             int(now // 60),
@@ -129,7 +124,9 @@ class RedisVelocity:
 
 
 def _windows(fields: dict[bytes, bytes], minute: int, hour: int) -> dict[str, dict[str, float]]:
-    cells = {window: {"count": 0.0, "amount_usd": 0.0, "declines": 0.0} for window in WINDOWS}
+    cells: dict[str, dict[str, float]] = {
+        window: {"count": 0.0, "amount_usd": 0.0, "declines": 0.0} for window in WINDOWS
+    }
     names = {"c": "count", "a": "amount_usd", "d": "declines"}
     for raw, value in fields.items():
         head, _, what = raw.decode().partition(":")

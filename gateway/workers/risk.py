@@ -10,7 +10,7 @@ import asyncio
 from connectors.base import ConnectorError
 from connectors.fx_feed.client import FxFeedConnector
 from gateway.logs import get_logger
-from gateway.services.holds import Holds, expired_challenges
+from gateway.services.holds import Holds
 from gateway.services.risk import UsdRates
 
 log = get_logger("gateway.workers.risk")
@@ -31,7 +31,7 @@ async def run_challenge_expiry(holds: Holds, interval: float) -> None:
     """Fail payments whose step-up challenge expired unanswered (DESIGN §9)."""
     while True:
         try:
-            for tenant, payment_id in await expired_challenges(holds.pool):
+            for tenant, payment_id in await holds.expired():
                 await holds.expire(tenant, payment_id)
         except Exception as exc:  # the loop never dies; the next pass tries again
             log.warning("risk.challenge_expiry_failed", error=type(exc).__name__)

@@ -7,14 +7,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
-from config.settings import Settings
+from config.settings import RiskRuleSettings, RiskTenantSettings, Settings
 from crypto.pki import PkiPaths
 from gateway.keys import DB_POOL
 from tests.e2e.test_money_flows import balance_account, ledger_is_consistent
 from tests.support.api import Api, api_client, card_payment
 from tests.support.billers import Running, biller_stack
+from tests.support.mtls import hold_async_settlement
 
 
 @pytest.fixture
@@ -247,3 +249,62 @@ async def test_daily_reconciliation_runs_each_biller_once(running: Running) -> N
     async with pool.acquire() as conn:
         days = await conn.fetch("SELECT biller, day FROM recon_runs")
     assert len({(row["biller"], row["day"]) for row in days}) == first
+
+
+@pytest.fixture
+async def reviewed(settings: Settings, pki: PkiPaths) -> AsyncIterator[tuple[Running, Api, Api]]:
+    """Every payment of customer cus_reviewed is held for an operator's review."""
+    rule = RiskRuleSettings(id="review_me", when="customer.id == 'cus_reviewed'", action="review")
+    risk = msgspec.structs.replace(settings.risk, tenants={"acme": RiskTenantSettings(rules=[rule])})
+    settings = msgspec.structs.replace(settings, risk=risk)
+    async with (
+        biller_stack(settings, utility_read_timeout=0.5) as stack,
+        api_client(pki, "acme", stack.gw.api_port) as acme,
+        api_client(pki, "ops", stack.gw.api_port) as ops,
+    ):
+        yield stack, acme, ops
+
+
+async def test_a_bill_payment_approved_in_review_is_collected_and_posted(
+    reviewed: tuple[Running, Api, Api],
+) -> None:
+    running, acme, ops = reviewed
+    bill = await open_bill(acme, "0031234568")
+    body = bill_payment("0031234568", bill, customer={"id": "cus_reviewed"})
+    held = await acme.post("/v1/payments", body)
+    assert held.body["status"] == "under_review", held.body
+    approved = await ops.post(f"/v1/reviews/rev_{held.body['id'].removeprefix('pay_')}/approve", key=None)
+    assert approved.status == 200, approved.body
+    payment = approved.body
+    assert (payment["status"], payment["amount_captured"]) == ("succeeded", bill["amount_due"]), payment
+    assert payment["bill_posting"]["status"] == "posted"
+    async with running.gw.api[DB_POOL].acquire() as conn:
+        payable = await conn.fetchval(
+            "SELECT sum(amount) FROM ledger_entries "
+            "WHERE account_id LIKE 'sys_acme_biller_payable_bil_cn_power_%'"
+        )
+    assert payable == bill["amount_due"]
+    await ledger_is_consistent(running.gw)
+
+
+async def test_a_bank_transfer_approved_in_review_waits_for_the_bank_like_any(
+    reviewed: tuple[Running, Api, Api],
+) -> None:
+    running, acme, ops = reviewed
+    hold_async_settlement(running.gw)
+    body = {
+        "amount": 5000,
+        "currency": "CNY",
+        "payment_method": {"type": "bank_transfer", "bank_transfer": {"account_number": "6222000011114321"}},
+        "customer": {"id": "cus_reviewed"},
+    }
+    held = await acme.post("/v1/payments", body)
+    assert held.body["status"] == "under_review", held.body
+    approved = await ops.post(f"/v1/reviews/rev_{held.body['id'].removeprefix('pay_')}/approve", key=None)
+    assert (approved.status, approved.body["status"]) == (200, "processing"), approved.body
+    async with running.gw.api[DB_POOL].acquire() as conn:
+        attempt = await conn.fetchrow(
+            "SELECT status, next_check IS NOT NULL FROM payment_attempts WHERE payment_id = $1",
+            held.body["id"],
+        )
+    assert tuple(attempt) == ("pending", True)  # answered pending: the resolver polls it at its back-off

@@ -468,6 +468,9 @@ async def test_a_prepaid_or_balance_payment_is_refused_instead_of_held(stack: St
     refused = await stack.acme.post("/v1/payments", body)
     assert (refused.body["status"], refused.body["failure"]["code"]) == ("failed", "risk_blocked")
     assert [r["rule"] for r in refused.body["risk"]["reasons"]] == ["very_high_amount", "not_holdable"]
+    async with stack.gw.api[DB_POOL].acquire() as conn:  # a blocked payment keeps no method details
+        kept = await conn.fetchval("SELECT held_details FROM payments WHERE id = $1", refused.body["id"])
+    assert kept is None  # the prepaid code is a bearer secret
 
 
 def test_risk_settings_refuse_a_bad_list_entry() -> None:
@@ -565,3 +568,17 @@ async def test_redis_counts_a_payment_once_and_msisdns_distinctly() -> None:
         assert seen["customer"]["d1"]["count"] == 3
     finally:
         await velocity.close()
+
+
+async def test_with_risk_off_held_payment_routes_answer_409(settings: Settings, pki: PkiPaths) -> None:
+    off = with_risk(settings, enabled=False)
+    async with (
+        gateway(off) as gw,
+        api_client(pki, "acme", gw.api_port) as acme,
+        api_client(pki, "ops", gw.api_port) as ops,
+    ):
+        paid = await acme.post("/v1/payments", card_payment())
+        assert (paid.body["status"], paid.body["risk"]) == ("succeeded", None)
+        confirm = await acme.post(f"/v1/payments/{paid.body['id']}/confirm", {"otp": "123456"})
+        approve = await ops.post("/v1/reviews/rev_x1/approve", key=None)
+        assert (confirm.status, approve.status) == (409, 409), (confirm.body, approve.body)

@@ -10,12 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from risk.decision import Decision, Reason, Thresholds, decide, fail_closed
-from risk.defaults import DEFAULT_RULES, default_ruleset
+from risk.defaults import dev_rules
 from risk.features import KEY_KINDS, WINDOWS, History, Velocity, VelocityCell, build_features
 from risk.rules import Action, Ruleset, RuleSpec
 from tests.unit.risk.risk_payments import IP_COUNTRIES, ORDINARY, features
 
-RULES = default_ruleset()
+DEFAULT_RULES = dev_rules()  # config/payhub.toml's
+RULES = Ruleset.compile(DEFAULT_RULES)
 
 
 def test_an_ordinary_small_payment_is_allowed_with_score_zero() -> None:

@@ -6,9 +6,11 @@ import dataclasses
 
 import pytest
 
-from risk.defaults import DEFAULT_RULES
+from risk.defaults import dev_rules
 from risk.rules import Action, Rule, RuleError, Ruleset, RuleSpec
 from tests.unit.risk.risk_payments import features
+
+DEFAULT_RULES = dev_rules()  # config/payhub.toml's
 
 
 def test_actions_are_ordered_by_severity() -> None:
