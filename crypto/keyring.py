@@ -136,13 +136,18 @@ def load_kek(keys_dir: Path, env: Mapping[str, str]) -> LocalKek:
     """
     if KEK_ENV in env:
         return LocalKek(_decode_env_kek(env[KEK_ENV]))
-    path = keys_dir / KEK_FILENAME
+    return LocalKek(load_key_file(keys_dir / KEK_FILENAME, "key-encryption key"))
+
+
+def load_key_file(path: Path, what: str) -> bytes:
+    """32 random bytes kept in ``path`` (mode 0600, directory 0700), created on first use; several
+    processes starting at once all end up with the one that was published first."""
     try:
-        return LocalKek(_read_kek_file(path))
+        return _read_key_file(path, what)
     except FileNotFoundError:
         pass
-    _create_kek_file(path)
-    return LocalKek(_read_kek_file(path))
+    _create_key_file(path)
+    return _read_key_file(path, what)
 
 
 def _decode_env_kek(value: str) -> bytes:
@@ -159,32 +164,32 @@ def _decode_env_kek(value: str) -> bytes:
     return key
 
 
-def _read_kek_file(path: Path) -> bytes:
+def _read_key_file(path: Path, what: str) -> bytes:
     """The 32 key bytes; FileNotFoundError when absent, KeyringError when unusable."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise KeyringError(f"{path}: cannot open key-encryption key file: {exc.strerror}") from None
+        raise KeyringError(f"{path}: cannot open {what} file: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise KeyringError(f"{path}: key-encryption key must be a regular file")
+            raise KeyringError(f"{path}: {what} must be a regular file")
         if info.st_mode & 0o077:
             raise KeyringError(
-                f"{path}: key-encryption key is accessible by group or others "
+                f"{path}: {what} is accessible by group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); fix with `chmod 600 {path}`"
             )
         key = os.read(fd, KEY_BYTES + 1)
     finally:
         os.close(fd)
     if len(key) != KEY_BYTES:
-        raise KeyringError(f"{path}: key-encryption key file must hold exactly {KEY_BYTES} bytes")
+        raise KeyringError(f"{path}: {what} file must hold exactly {KEY_BYTES} bytes")
     return key
 
 
-def _create_kek_file(path: Path) -> None:
+def _create_key_file(path: Path) -> None:
     path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)

@@ -12,41 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from crypto.keyring import load_key_file
 
 OTP_KEY_FILE = "otp_hmac.key"
 OTP_DIGITS = 6
 NONCE_BYTES = 32
 
 
-class StepUpKeyError(Exception):
-    """The OTP key file is missing, unreadable or too widely readable."""
-
-
 def load_otp_key(keys_dir: Path) -> bytes:
-    """Read ``keys_dir/otp_hmac.key`` (32 random bytes, mode 0600), creating it on first use."""
-    path = keys_dir / OTP_KEY_FILE
-    if not path.exists():
-        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            pass  # another process created it first: use theirs
-        else:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(secrets.token_bytes(32))
-    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise StepUpKeyError(f"{path}: readable by group/others; run: chmod 600 {path}")
-    key = path.read_bytes()
-    if len(key) != 32:
-        raise StepUpKeyError(f"{path}: expected 32 bytes")
-    return key
+    """``keys_dir/otp_hmac.key``: 32 random bytes (mode 0600), created on first use."""
+    return load_key_file(keys_dir / OTP_KEY_FILE, "OTP key")
 
 
 def new_otp() -> str:
