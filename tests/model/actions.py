@@ -188,18 +188,44 @@ class Actions:
                 self.replayable.append(right)
         return made
 
-    def do_reviewed(self, amount: int, verdict: str) -> list[str]:
-        """A payment the risk rules hold for review; the operator approves or rejects it."""
-        body = rq.card(rq.APPROVED, amount, REVIEWED)
-        op = self.call("reviewed card", "POST", "/v1/payments", body)
+    def do_reviewed(self, amount: int, verdict: str, what: str = "card") -> list[str]:
+        """A payment the risk rules hold for review (a card payment, a bank transfer or a bill paid by
+        card); the operator approves or rejects it, the client cancels it, or it waits."""
+        kind, body = "card", rq.card(rq.APPROVED, amount, REVIEWED)
+        if what == "bank":
+            kind, body = "bank", rq.payment(amount, rq.method("bank_transfer", "1111"))
+        elif what == "bill":
+            number = f"{self.rnd.randrange(100_000, 999_999)}{rq.POSTED}"
+            bills = self.fetch_bill("bil_cn_power", number).field("data")
+            if not bills:
+                return []
+            amount = int(bills[0]["amount_due"])
+            bill = rq.utility_bill("bil_cn_power", number, bills[0]["bill_ref"])
+            kind, body = "bill", rq.payment(amount, rq.method("card", rq.APPROVED), bill=bill)
+        body["customer"] = {"id": REVIEWED}
+        op = self.call(f"reviewed {what}", "POST", "/v1/payments", body)
         self.expect(op, self.outcome(op)[:2] == (200, "under_review"), "200 under_review")
-        made = self.file(op, "card", amount)
-        if made and verdict != "wait":
-            review = "rev_" + made[0].removeprefix("pay_")
-            path = f"/v1/reviews/{review}/{verdict}"
-            decided = self.run(self.world.ops.call(f"review {verdict}", "POST", path, {}, keyed=False))
-            expected = (200, "succeeded", None) if verdict == "approve" else (200, "failed", "risk_blocked")
-            self.expect(decided, self.outcome(decided) == expected, " ".join(str(x) for x in expected if x))
+        made = self.file(op, kind, amount)
+        if not made or verdict == "wait":
+            return made
+        if verdict == "cancel":
+            canceled = self.call("cancel reviewed", "POST", f"/v1/payments/{made[0]}/cancel", {})
+            self.expect(canceled, self.outcome(canceled)[:2] == (200, "canceled"), "200 canceled")
+            return made
+        path = f"/v1/reviews/rev_{made[0].removeprefix('pay_')}/{verdict}"
+        decided = self.run(self.world.ops.call(f"review {verdict}", "POST", path, {}, keyed=False))
+        if verdict == "reject":
+            self.expect(
+                decided, self.outcome(decided) == (200, "failed", "risk_blocked"), "200 failed risk_blocked"
+            )
+        elif what == "bank":  # the bank settles it later, by callback
+            self.expect(
+                decided,
+                self.outcome(decided)[:2] in ((200, "processing"), (200, "succeeded")),
+                "200 processing",
+            )
+        else:
+            self.expect(decided, self.outcome(decided) == (200, "succeeded", None), "200 succeeded")
         return made
 
     def do_manual(self, amount: int) -> list[str]:

@@ -123,8 +123,10 @@ class ConservationMachine(Actions, RuleBasedStateMachine):
             made += self.do_bank(suffix, amount)
         for answer in ("right", "wrong_then_right", "wrong"):
             made += self.do_challenged(amount, answer)
-        for verdict in ("approve", "reject"):
+        for verdict in ("approve", "reject", "cancel"):
             made += self.do_reviewed(amount, verdict)
+        for what in ("bank", "bill"):
+            made += self.do_reviewed(amount, "approve", what)
         made += self.do_wallet("alipay", "pay_now", amount) + self.do_wallet("paypal", plan, amount)
         made += self.do_prepaid(0, min(amount, 9000))
         account = self.account_ids[0] if self.account_ids else None
@@ -180,10 +182,15 @@ class ConservationMachine(Actions, RuleBasedStateMachine):
     def challenged_card(self, amount: int, answer: str) -> Any:
         return multiple(*self.do_challenged(amount, answer))
 
-    @rule(target=payments, amount=amounts, verdict=st.sampled_from(["approve", "reject", "wait"]))
+    @rule(
+        target=payments,
+        amount=amounts,
+        verdict=st.sampled_from(["approve", "reject", "wait", "cancel"]),
+        what=st.sampled_from(["card", "bank", "bill"]),
+    )
     @live
-    def reviewed_card(self, amount: int, verdict: str) -> Any:
-        return multiple(*self.do_reviewed(amount, verdict))
+    def reviewed(self, amount: int, verdict: str, what: str) -> Any:
+        return multiple(*self.do_reviewed(amount, verdict, what))
 
     @rule(target=authorizations, amount=amounts)
     @live
