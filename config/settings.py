@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -192,6 +193,32 @@ class RoutingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return connectors
 
 
+class FxSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """FX rates and quotes (``[fx]``, docs/fx.md)."""
+
+    spread: str = "0.005"  # kept by the hub on every conversion (0.5 %), booked as revenue
+    quote_ttl: float = 300.0  # seconds a quote locks its rate
+    max_rate_age: float = 60.0  # older rates are stale: quotes are refused (503 rates_stale)
+    refresh_interval: float = 10.0  # how often the rates are read from the FX feed
+
+
+class NotificationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[notifications]`` (docs/notifications.md): bill reminders, low-balance alerts and the
+    messages (SMS, e-mail) sent to customers. Seconds unless stated."""
+
+    enabled: bool = True  # run the reminder scheduler and the message sender in this process
+    reminder_interval: float = 3600.0  # each bill reminder asks its biller this often
+    scheduler_interval: float = 30.0  # how often the scheduler looks for due reminders
+    message_interval: float = 5.0  # how often the sender looks for due messages
+    message_retry: float = 30.0  # first retry of a failed send after this long, then doubling…
+    message_retry_cap: float = 3600.0  # …up to this
+    message_max_age: float = 86400.0  # a message still failing this long after it was queued is dead
+    biller_retry: float = 300.0  # a reminder whose biller did not answer asks again after this
+    default_lead_days: int = 3  # days before the due date, for customers who did not choose
+    batch: int = 100  # reminders or messages claimed per statement
+    lease: float = 120.0  # a claimed reminder or message is another process's again after this
+
+
 RiskAction = Literal["challenge", "review", "block"]
 FailMode = Literal["open", "closed"]
 
@@ -245,6 +272,21 @@ class RiskSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     otp_lockout: float = 1800.0  # seconds the step-up stays locked
 
 
+class WebhookSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[webhooks]`` (docs/webhooks.md): the delivery worker and the endpoints' defaults. Seconds."""
+
+    enabled: bool = True  # run the delivery worker in this process
+    interval: float = 0.2  # how often the worker looks for due deliveries
+    batch: int = 100  # at most this many deliveries claimed per statement
+    concurrency: int = 32  # POSTs in flight per process
+    timeout: float = 10.0  # total time for one POST (connect, send, answer)
+    lease: float = 60.0  # a claimed delivery is another worker's again after this (a crash)
+    backoff_base: float = 5.0  # first retry after about this long, then doubling…
+    backoff_cap: float = 3600.0  # …up to this
+    retry_window: float = 86400.0  # a delivery is retried this long, then dead (set per endpoint at creation)
+    rotation_overlap: float = 86400.0  # default expires_in of the previous secret after a rotation
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -252,8 +294,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
     connectors: dict[str, ConnectorSettings] = msgspec.field(default_factory=dict)
+    fx: FxSettings = msgspec.field(default_factory=FxSettings)
     routing: RoutingSettings = msgspec.field(default_factory=RoutingSettings)
+    notifications: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
     risk: RiskSettings = msgspec.field(default_factory=RiskSettings)
+    webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     redis_url: str | None = None
     source: str = "<defaults>"
 
@@ -354,6 +399,18 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     return msgspec.structs.replace(settings, server=server, database=database, redis_url=redis_url)
 
 
+def _validate_fx(fx: FxSettings, fail: Callable[[str, str], ConfigError]) -> None:
+    try:
+        spread = Decimal(fx.spread)
+    except ArithmeticError:
+        raise fail("fx.spread", "must be a decimal number such as 0.005") from None
+    if not (spread.is_finite() and 0 <= spread < 1):
+        raise fail("fx.spread", "must be at least 0 and below 1")
+    for key in ("quote_ttl", "max_rate_age", "refresh_interval"):
+        if not getattr(fx, key) > 0:
+            raise fail(f"fx.{key}", "must be positive")
+
+
 def _validate(settings: Settings, source: str) -> None:
     def fail(key: str, why: str) -> ConfigError:
         return ConfigError(f"{source}: invalid value for '{key}': {why}")
@@ -382,7 +439,10 @@ def _validate(settings: Settings, source: str) -> None:
         if not _TENANT_ID.match(tenant_id):
             raise fail(f"tenants.{tenant_id}", "tenant ids are lower-case letters, digits, '_' or '-'")
     _validate_limits(settings, fail)
+    _validate_fx(settings.fx, fail)
     _validate_risk(settings.risk, fail)
+    _validate_notifications(settings.notifications, fail)
+    _validate_webhooks(settings.webhooks, fail)
 
 
 def _validate_rate(value: str | None, key: str, fail: Callable[[str, str], ConfigError]) -> None:
@@ -463,3 +523,38 @@ def _validate_risk(risk: RiskSettings, fail: Callable[[str, str], ConfigError]) 
             kind, _, value = entry.partition(":")
             if kind not in LIST_KINDS or not value:
                 raise fail(f"risk.{name}", f"{entry!r}: expected <kind>:<value> with a kind in {LIST_KINDS}")
+
+
+def _validate_webhooks(webhooks: WebhookSettings, fail: Callable[[str, str], ConfigError]) -> None:
+    for key in ("interval", "timeout", "lease", "backoff_base", "backoff_cap", "retry_window"):
+        if not getattr(webhooks, key) > 0:  # NaN too
+            raise fail(f"webhooks.{key}", "must be positive")
+    if not webhooks.rotation_overlap >= 0:
+        raise fail("webhooks.rotation_overlap", "must not be negative")
+    for key in ("batch", "concurrency"):
+        if getattr(webhooks, key) < 1:
+            raise fail(f"webhooks.{key}", "must be at least 1")
+    if webhooks.lease <= webhooks.timeout:
+        # A lease shorter than a POST would let a second worker start the same delivery meanwhile.
+        raise fail("webhooks.lease", "must be longer than webhooks.timeout")
+    if webhooks.backoff_cap < webhooks.backoff_base:
+        raise fail("webhooks.backoff_cap", "must be at least webhooks.backoff_base")
+
+
+def _validate_notifications(notes: NotificationSettings, fail: Callable[[str, str], ConfigError]) -> None:
+    for key in (
+        "reminder_interval",
+        "scheduler_interval",
+        "message_interval",
+        "message_retry",
+        "message_retry_cap",
+        "message_max_age",
+        "biller_retry",
+        "lease",
+    ):
+        if not getattr(notes, key) > 0:  # NaN too
+            raise fail(f"notifications.{key}", "must be positive")
+    if not 0 <= notes.default_lead_days <= 60:
+        raise fail("notifications.default_lead_days", "must be from 0 to 60")
+    if notes.batch < 1:
+        raise fail("notifications.batch", "must be at least 1")

@@ -11,11 +11,13 @@ Design notes:
   nonce prefixed to the output).
 * The wrapping context (associated data) binds the DEK's purpose and kid, so a wrapped key copied
   onto another ``data_keys`` row (another kid, or from "fingerprint" to "pan") fails to unwrap.
-* Two purposes: ``"pan"`` keys encrypt PANs and are rotated routinely (new kid; old kids stay so old
+* Three purposes: ``"pan"`` keys encrypt PANs and are rotated routinely (new kid; old kids stay so old
   ciphertexts remain readable). The ``"fingerprint"`` key is the HMAC key for PAN fingerprints; it is
   rotated only on explicit request, because a new fingerprint key changes every fingerprint and so
-  breaks de-duplication and velocity lookups against cards vaulted before.
-* Kids are one sequence shared by both purposes (``data_keys.kid`` is the primary key).
+  breaks de-duplication and velocity lookups against cards vaulted before. ``"secret"`` keys seal
+  other secrets kept at rest (webhook signing secrets, crypto/webhook_secrets.py); rotated like
+  ``"pan"`` keys.
+* Kids are one sequence shared by every purpose (``data_keys.kid`` is the primary key).
 * Key bytes never appear in a message or repr: :class:`DataKey` and :class:`LocalKek` override
   ``__repr__``, and ``PAYHUB_KEK`` is never echoed back in an error (nor chained into one).
 * The KEK file is published atomically (written to a private temp file, then hard-linked into
@@ -55,7 +57,7 @@ __all__ = [
     "wrap_data_key",
 ]
 
-Purpose = Literal["pan", "fingerprint"]
+Purpose = Literal["pan", "fingerprint", "secret"]
 PURPOSES: tuple[Purpose, ...] = get_args(Purpose)
 
 KEY_BYTES = 32  # AES-256 and HMAC-SHA256 keys
@@ -283,11 +285,14 @@ class Keyring:
             raise KeyringError(f"data key {kid} is a {key.purpose} key, not a {purpose} key")
         return key
 
-    def aead(self, kid: int) -> AESGCM:
-        """A cached AES-GCM cipher for the ``pan`` key ``kid`` (saves the key schedule per call)."""
+    def aead(self, kid: int, purpose: Purpose = "pan") -> AESGCM:
+        """A cached AES-GCM cipher for the ``purpose`` key ``kid`` (saves the key schedule per call).
+
+        The purpose is checked on every call, cached or not: a ``pan`` key never seals a secret."""
+        key = self.get(kid, purpose)
         cipher = self._aead.get(kid)
         if cipher is None:
-            cipher = self._aead[kid] = AESGCM(self.get(kid, "pan").key)
+            cipher = self._aead[kid] = AESGCM(key.key)
         return cipher
 
     def __contains__(self, kid: object) -> bool:

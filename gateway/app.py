@@ -19,34 +19,59 @@ from crypto.keyring import load_kek
 from crypto.pki import PkiPaths
 from crypto.stepup import load_otp_key
 from gateway import VERSION, ops
-from gateway.api import accounts, billers, callbacks, events, openapi, payments, ping, refunds, risk, tokens
+from gateway.api import (
+    accounts,
+    billers,
+    callbacks,
+    events,
+    fx,
+    openapi,
+    payments,
+    ping,
+    preferences,
+    refunds,
+    reminders,
+    risk,
+    tokens,
+    webhooks,
+)
 from gateway.api.screen import screen_middleware
 from gateway.keys import (
     BILLERS,
     CONFIG,
     CONNECTORS,
     DB_POOL,
+    FX,
     HOLDS,
     KEYRING,
+    MESSAGES,
     METRICS,
     OUTBOUND,
     PAYMENTS,
+    PREFERENCES,
     REFUNDS,
+    REMINDERS,
     RESOLVER,
     SETTINGS,
     TLS,
+    WEBHOOKS,
 )
 from gateway.metrics import Metrics
 from gateway.middlewares import context_middleware, error_middleware, identity_middleware
 from gateway.services.billers import BillerCatalog
 from gateway.services.bills import BillPoster
+from gateway.services.fx import FxRates, FxService
 from gateway.services.holds import Holds
+from gateway.services.messages import MessageDispatcher
 from gateway.services.payments import PaymentService
+from gateway.services.preferences import PreferencesService
 from gateway.services.refunds import RefundService
+from gateway.services.reminders import ReminderService
 from gateway.services.resolver import Resolver
-from gateway.services.risk import RiskService, UsdRates
+from gateway.services.risk import RiskService
 from gateway.services.settle import Settler
 from gateway.services.stepup import StepUp
+from gateway.services.webhooks import Dispatcher, Endpoints
 from gateway.store.db import open_pool
 from gateway.store.keyring import KeyringCache
 from gateway.store.velocity_redis import RedisVelocity
@@ -54,10 +79,13 @@ from gateway.tls import TlsContextHolder
 from gateway.traffic import traffic_context, traffic_middleware
 from gateway.workers.audit_sealer import run_sealer
 from gateway.workers.daily_recon import run_daily_recon
+from gateway.workers.fx import run_fx_rates
 from gateway.workers.pruner import run_pruner
+from gateway.workers.reminders import run_messages, run_reminders
 from gateway.workers.resolver import run_resolver
-from gateway.workers.risk import run_challenge_expiry, run_usd_rates
+from gateway.workers.risk import run_challenge_expiry
 from gateway.workers.tasks import background
+from gateway.workers.webhooks import AiohttpTransport, run_webhooks, webhook_session
 from risk.geo import StaticIpCountries
 
 # New encryption picks up a key rotated by another process within this many seconds.
@@ -66,7 +94,6 @@ RESOLVER_INTERVAL = 0.5
 PRUNE_INTERVAL = 600.0
 DAILY_RECON_INTERVAL = 3600.0
 OUTBOUND_CONNECTIONS = 256  # total keep-alive connections to processors and billers
-USD_RATES_INTERVAL = 30.0
 CHALLENGE_EXPIRY_INTERVAL = 5.0
 
 
@@ -102,8 +129,13 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
     bills = BillPoster(app[DB_POOL], settler, app[BILLERS], app[REFUNDS])
     app[PAYMENTS].bills = bills
     app[RESOLVER] = Resolver(app[DB_POOL], app[PAYMENTS], app[REFUNDS], bills, app[METRICS])
+    rates = FxRates()
+    app[FX] = FxService(app[DB_POOL], rates, settings.fx)
+    app[PAYMENTS].fx = app[FX]
+    feed = fx_feed_from_settings(settings, app[OUTBOUND])
     async with (
-        _risk(app, settler),
+        _risk(app, settler, rates),  # first: a rule that does not compile stops start-up before any loop
+        background(run_fx_rates(feed, rates, settings.fx.refresh_interval), name="fx-rates"),
         background(run_resolver(app[RESOLVER], RESOLVER_INTERVAL, app[METRICS]), name="resolver"),
         background(run_pruner(app[DB_POOL], PRUNE_INTERVAL), name="idempotency-pruner"),
         background(run_daily_recon(app[DB_POOL], app[BILLERS], DAILY_RECON_INTERVAL), name="daily-recon"),
@@ -111,16 +143,34 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _notifications(app: web.Application) -> AsyncIterator[None]:
+    """Customer preferences, reminders and the message outbox (docs/notifications.md); with
+    ``[notifications] enabled``, the bill-reminder scheduler and the message sender loops."""
+    settings = app[SETTINGS]
+    config = settings.notifications
+    app[PREFERENCES] = PreferencesService(app[DB_POOL], default_lead_days=config.default_lead_days)
+    app[REMINDERS] = ReminderService(app[DB_POOL], app[BILLERS], config)
+    app[MESSAGES] = MessageDispatcher(app[DB_POOL], MessageSender(settings, app[OUTBOUND]), config)
+    if not config.enabled:
+        yield
+        return
+    async with (
+        background(run_reminders(app[REMINDERS], config.scheduler_interval), name="reminders"),
+        background(run_messages(app[MESSAGES], config.message_interval), name="messages"),
+    ):
+        yield
+
+
 @contextlib.asynccontextmanager
-async def _risk(app: web.Application, settler: Settler) -> AsyncIterator[None]:
-    """Risk screening, step-up and the review queue, with their loops (USD rates, expiring
-    challenges); a rule that does not compile stops start-up (ConfigError naming it)."""
+async def _risk(app: web.Application, settler: Settler, usd: FxRates) -> AsyncIterator[None]:
+    """Risk screening, step-up and the review queue, with the loop that expires challenges
+    (``amount_usd`` reads the FX rates the payments context keeps fresh); a rule that does not
+    compile stops start-up (ConfigError naming it)."""
     settings = app[SETTINGS]
     if not settings.risk.enabled:
         yield
         return
     payments = app[PAYMENTS]
-    usd = UsdRates()
     velocity = None
     if settings.redis_url is not None:  # counters shared in Redis, as the rate limits are
         velocity = RedisVelocity(
@@ -146,16 +196,37 @@ async def _risk(app: web.Application, settler: Settler) -> AsyncIterator[None]:
     app[HOLDS] = holds
     if CONFIG in app:
         app[CONFIG].subscribe(lambda _old, new: risk.reload(new.risk, list(new.tenants)))
-    feed = fx_feed_from_settings(settings, app[OUTBOUND])
     try:
-        async with (
-            background(run_usd_rates(feed, usd, USD_RATES_INTERVAL), name="usd-rates"),
-            background(run_challenge_expiry(holds, CHALLENGE_EXPIRY_INTERVAL), name="challenge-expiry"),
+        async with background(
+            run_challenge_expiry(holds, CHALLENGE_EXPIRY_INTERVAL), name="challenge-expiry"
         ):
             yield
     finally:
         if velocity is not None:
             await velocity.close()
+
+
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    """Webhook endpoints (the API) and, when ``[webhooks] enabled``, the delivery loop with its
+    own HTTP session (not the connectors' client: it resolves and refuses private addresses)."""
+    settings = app[SETTINGS]
+    config, dev_mode = settings.webhooks, settings.server.dev_mode
+    app[WEBHOOKS] = Endpoints(app[DB_POOL], app[KEYRING], config, dev_mode=dev_mode)
+    if not config.enabled:
+        yield
+        return
+    async with webhook_session(config, dev_mode=dev_mode) as session:
+        dispatcher = Dispatcher(
+            app[DB_POOL],
+            app[KEYRING],
+            config,
+            AiohttpTransport(session, timeout=config.timeout),
+            app[METRICS],
+            dev_mode=dev_mode,
+            user_agent=f"payhub-webhooks/{VERSION}",
+        )
+        async with background(run_webhooks(dispatcher, config), name="webhooks"):
+            yield
 
 
 async def _connectors(app: web.Application) -> AsyncIterator[None]:
@@ -209,6 +280,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.cleanup_ctx.append(_connectors)
     app.cleanup_ctx.append(_billers)  # the biller catalog, from the connectors' describe()
     app.cleanup_ctx.append(_payments)
+    app.cleanup_ctx.append(_notifications)  # preferences, reminders, the message outbox
+    app.cleanup_ctx.append(_webhooks)  # endpoints and the delivery loop (after the keyring)
     app.cleanup_ctx.append(_tls)
     app.cleanup_ctx.append(traffic_context)  # limiter storage (Redis pool) and the lag monitor
     ping.setup(app)
@@ -220,6 +293,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     billers.setup(app)
     callbacks.setup(app)
     risk.setup(app)
+    preferences.setup(app)
+    reminders.setup(app)
+    fx.setup(app)
+    webhooks.setup(app)
     openapi.setup(app)
     return app
 

@@ -12,7 +12,7 @@ import asyncpg
 from config.settings import ConfigError, Settings, load_settings
 from connectors.base import ConnectorError
 from crypto.audit_chain import AuditChainError
-from crypto.keyring import KeyringError
+from crypto.keyring import PURPOSES, KeyringError
 from crypto.pki import PkiError, PkiPaths, init_pki, issue_client, revoke_client
 from gateway.store.migrate import MigrationError
 
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         help="new key version for new data; re-wraps every data key (under PAYHUB_NEW_KEK when set); "
         "old ciphertexts stay readable",
     )
-    rotate.add_argument("--purpose", choices=["pan", "fingerprint"], default="pan")
+    rotate.add_argument("--purpose", choices=list(PURPOSES), default="pan")
 
     recon = commands.add_parser("recon", help="reconcile biller settlement files with the hub's postings")
     recon_commands = recon.add_subparsers(dest="recon_command", required=True)

@@ -174,6 +174,20 @@ class Metrics:
             ["kind", "result"], registry=r,
         )  # fmt: skip
 
+        # Webhooks (gateway/workers/webhooks.py, docs/webhooks.md).
+        self.webhook_deliveries = Counter(
+            "payhub_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, retry, dead)",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.webhook_outbox_lag = Gauge(
+            "payhub_webhook_outbox_lag_seconds", "Age of the oldest due, pending webhook delivery (0: none)",
+            registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.webhook_dead_deliveries = Gauge(
+            "payhub_webhook_dead_deliveries", "Dead webhook deliveries not redelivered (dead-letter queue)",
+            registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+
     def watch_pool(self, stats: Callable[[], tuple[int, int, int] | None]) -> None:
         self.registry.register(PoolCollector(stats))
 

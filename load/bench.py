@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from load.payments_loop import Stats, measure, ssl_context
+from load.webhook_receiver import WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,9 +87,19 @@ async def run(args: argparse.Namespace) -> None:
             seconds=args.seconds,
             home=home,
         )
+        receiver = await subscribe(ctx) if args.webhooks else None
+        sampler = asyncio.create_task(sample_lag()) if receiver else None
+        started = time.time()
         gateway = await measure(
             "https://localhost:8443", "card", concurrency=args.concurrency, seconds=args.seconds, home=home
         )
+        ended = time.time()
+        if receiver is not None and sampler is not None:
+            drained = await drain()
+            sampler.cancel()
+            await asyncio.gather(sampler, return_exceptions=True)
+            webhooks = webhook_line(receiver, started, ended, drained, LAG_SAMPLES)
+            receiver.stop()
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -100,6 +111,72 @@ async def run(args: argparse.Namespace) -> None:
         f"ratio      throughput {gateway.rate / reference.rate:.2f} (budget ≥ 0.50)   "
         f"p99 {gateway.p99 / reference.p99:.2f} x the reference"
     )
+    if args.webhooks:
+        print(webhooks)
+
+
+# ---- --webhooks: a receiver subscribed to every event while the card load runs ------------------
+
+LAG_SAMPLES: list[float] = []
+
+
+async def subscribe(ctx: object) -> WebhookReceiver:
+    """A local receiver (load/webhook_receiver.py) subscribed to every acme event type."""
+    receiver = WebhookReceiver().start()
+    body = {"url": receiver.url, "enabled_events": ["*"]}
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,  # type: ignore[arg-type]
+        session.post("https://localhost:8443/v1/webhook_endpoints", json=body) as resp,
+    ):
+        created = await resp.json()
+        if resp.status != 200:
+            raise SystemExit(f"cannot subscribe the receiver: {created}")
+    receiver.secret = created["secret"]
+    return receiver
+
+
+async def outbox_lag(session: aiohttp.ClientSession) -> float:
+    async with session.get("http://127.0.0.1:9108/metrics") as resp:
+        text = await resp.text()
+    for row in text.splitlines():
+        if row.startswith("payhub_webhook_outbox_lag_seconds"):
+            return float(row.split()[-1])
+    return 0.0
+
+
+async def sample_lag() -> None:
+    """The gateway's own outbox lag gauge (age of the oldest due delivery), every half second."""
+    async with aiohttp.ClientSession() as session:
+        while True:
+            LAG_SAMPLES.append(await outbox_lag(session))
+            await asyncio.sleep(0.5)
+
+
+async def drain(deadline: float = 120.0) -> float:
+    """Seconds after the load until the outbox is empty (lag 0 twice in a row)."""
+    started = time.monotonic()
+    zeros = 0
+    async with aiohttp.ClientSession() as session:
+        while zeros < 2 and time.monotonic() - started < deadline:
+            zeros = zeros + 1 if await outbox_lag(session) == 0 else 0
+            await asyncio.sleep(0.25)
+    return time.monotonic() - started
+
+
+def webhook_line(
+    receiver: WebhookReceiver, started: float, ended: float, drained: float, lag: list[float]
+) -> str:
+    receipts = receiver.receipts()
+    during = sum(1 for r in receipts if started <= r.at <= ended)
+    ok = sum(1 for r in receipts if r.answered == 200)
+    bad = sum(1 for r in receipts if not r.signed)
+    lag_sorted = sorted(lag) or [0.0]
+    return (
+        f"webhooks   {ok} delivered ({bad} badly signed), "
+        f"{during / (ended - started):.0f}/s during the load; "
+        f"outbox drained {drained:.1f} s after it; outbox lag max {lag_sorted[-1]:.1f} s, "
+        f"median {lag_sorted[len(lag_sorted) // 2]:.1f} s ({len(lag)} samples)"
+    )
 
 
 def main() -> None:
@@ -107,6 +184,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--reference-port", type=int, default=8444)
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="subscribe a local receiver to every event during the card load",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -111,7 +111,8 @@ async def seed(conn: Any, rng: random.Random) -> None:
 async def with_database(url: str, n: int) -> list[float]:
     from config.settings import load_settings
     from gateway.metrics import Metrics
-    from gateway.services.risk import RiskService, UsdRates
+    from gateway.services.fx import FxRates
+    from gateway.services.risk import RiskService
     from gateway.store.migrate import migrate
 
     rng = random.Random(7)
@@ -125,7 +126,7 @@ async def with_database(url: str, n: int) -> list[float]:
             pool,
             settings,
             tenants=["bench"],
-            usd=UsdRates(),
+            usd=FxRates(),
             ip_countries=StaticIpCountries(),
             metrics=Metrics(),
         )

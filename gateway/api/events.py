@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway import errors
@@ -14,8 +13,8 @@ from gateway.api.routes import CLIENT, add
 from gateway.keys import DB_POOL
 from gateway.middlewares import require_identity
 from gateway.store import events as store
+from gateway.views import events as views
 from gateway.views import schemas
-from gateway.views.render import timestamp
 
 # Longer values cannot match anything stored; refusing them keeps junk out of the query.
 MAX_TYPE_LENGTH = 100
@@ -23,13 +22,9 @@ MAX_OBJECT_ID_LENGTH = 64
 
 
 def render_event(row: Any) -> schemas.Event:
-    """``data.object`` is the object as it was when the event happened (Stripe's shape)."""
-    return schemas.Event(
-        id=row["id"],
-        type=row["type"],
-        data={"object": orjson.loads(row["data"])},
-        created=timestamp(row["created"]),
-    )
+    """``data.object`` is the object as it was when the event happened (Stripe's shape); webhooks
+    carry the same rendering (gateway/views/events.py)."""
+    return views.event(event_id=row["id"], event_type=row["type"], data=row["data"], created=row["created"])
 
 
 def _text(request: web.Request, name: str, max_length: int) -> str | None:

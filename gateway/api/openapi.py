@@ -61,6 +61,7 @@ class Operation:
     moves_money: bool = False  # requires Idempotency-Key; may answer 409/422 idempotency errors
     raw_body: int | None = None  # reads a body of at most this many bytes that no Struct describes
     conflicts: bool = False  # may answer 409 without moving money (a state or a duplicate)
+    refers: bool = False  # an id in the body may name nothing of the caller's: 404
     links: dict[str, dict[str, Any]] | None = None  # OpenAPI links from the 200 answer
 
     @property
@@ -85,9 +86,13 @@ ID_PREFIXES = {
     "refunds": "re",
     "accounts": "acct",
     "events": "evt",
+    "webhook_endpoints": "we",
     "billers": "bil",
     "reviews": "rev",
     "admin": "rle",
+    "reminders": "rem",
+    "customers": "cus",  # a customer id is the tenant's own (cus_42 by convention)
+    "fx": "fxq",
 }
 # gateway/services/payments.py (topup): a balance is funded by a card or a bank transfer only.
 TOPUP_METHODS = ("bank_transfer", "card")
@@ -429,6 +434,32 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "GET",
+        "/v1/fx/rates",
+        "getFxRates",
+        "Mid-market rates per unit of base, with as_of (503 rates_stale when the feed is behind)",
+        "fx",
+        schemas.FxRates,
+        query=(
+            Param(
+                "base",
+                {"type": "string", "pattern": "^[A-Za-z]{3}$", "default": "USD"},
+                "ISO 4217 code: rates are units of each currency per unit of this one.",
+            ),
+        ),
+    ),
+    Operation(
+        "POST",
+        "/v1/fx/quotes",
+        "createFxQuote",
+        "Lock a rate plus the spread until expires_at (503 rates_stale when rates are stale)",
+        "fx",
+        schemas.FxQuote,
+        request=schemas.CreateFxQuoteRequest,
+        links={"GetFxQuote": _link("getFxQuote", path__id=_ID)},
+    ),
+    Operation("GET", "/v1/fx/quotes/{id}", "getFxQuote", "Read an FX quote", "fx", schemas.FxQuote),
+    Operation(
+        "GET",
         "/v1/events",
         "listEvents",
         "Event log, newest first",
@@ -442,6 +473,66 @@ OPERATIONS: tuple[Operation, ...] = (
         },
     ),
     Operation("GET", "/v1/events/{id}", "getEvent", "Read an event", "events", schemas.Event),
+    Operation(
+        "POST",
+        "/v1/events/{id}/redeliver",
+        "redeliverEvent",
+        "Send an event's webhooks again now, with a fresh retry window (409 when no endpoint got it)",
+        "webhooks",
+        schemas.Redelivery,
+        request=schemas.RedeliverEventRequest,
+        conflicts=True,
+    ),
+    Operation(
+        "POST",
+        "/v1/webhook_endpoints",
+        "createWebhookEndpoint",
+        "Register a webhook URL and its event types; the answer shows the signing secret, once",
+        "webhooks",
+        schemas.WebhookEndpointWithSecret,
+        request=schemas.CreateWebhookEndpointRequest,
+        links={
+            "GetWebhookEndpoint": _link("getWebhookEndpoint", path__id=_ID),
+            "RotateWebhookSecret": _link("rotateWebhookSecret", path__id=_ID),
+            "DeleteWebhookEndpoint": _link("deleteWebhookEndpoint", path__id=_ID),
+        },
+    ),
+    Operation(
+        "GET",
+        "/v1/webhook_endpoints",
+        "listWebhookEndpoints",
+        "Webhook endpoints, newest first",
+        "webhooks",
+        None,
+        list_of=schemas.WebhookEndpoint,
+        query=LIST_PARAMS,
+        links={"GetFirstWebhookEndpoint": _link("getWebhookEndpoint", path__id=_FIRST_ID)},
+    ),
+    Operation(
+        "GET",
+        "/v1/webhook_endpoints/{id}",
+        "getWebhookEndpoint",
+        "Read a webhook endpoint (never its secret)",
+        "webhooks",
+        schemas.WebhookEndpoint,
+    ),
+    Operation(
+        "DELETE",
+        "/v1/webhook_endpoints/{id}",
+        "deleteWebhookEndpoint",
+        "Delete a webhook endpoint; its pending deliveries stop",
+        "webhooks",
+        schemas.DeletedWebhookEndpoint,
+    ),
+    Operation(
+        "POST",
+        "/v1/webhook_endpoints/{id}/rotate_secret",
+        "rotateWebhookSecret",
+        "A new signing secret (shown once); the previous one also signs until expires_in has passed",
+        "webhooks",
+        schemas.WebhookEndpointWithSecret,
+        request=schemas.RotateWebhookSecretRequest,
+    ),
     Operation(
         "POST",
         "/v1/connectors/{name}/callbacks",
@@ -489,6 +580,61 @@ OPERATIONS: tuple[Operation, ...] = (
         request=schemas.FetchBillsRequest,
         list_of=schemas.Bill,
     ),
+    Operation(
+        "GET",
+        "/v1/customers/{id}/preferences",
+        "getCustomerPreferences",
+        "A customer's locale, time zone, channels and quiet hours (the defaults if never set)",
+        "notifications",
+        schemas.CustomerPreferences,
+    ),
+    Operation(
+        "PUT",
+        "/v1/customers/{id}/preferences",
+        "putCustomerPreferences",
+        "Replace a customer's preferences (a field left out takes its default)",
+        "notifications",
+        schemas.CustomerPreferences,
+        request=schemas.PreferencesInput,
+        links={"GetCustomerPreferences": _link("getCustomerPreferences", path__id="$request.path.id")},
+    ),
+    Operation(
+        "POST",
+        "/v1/reminders",
+        "createReminder",
+        "A bill due-date reminder or a low-balance alert (409: the account already has one)",
+        "notifications",
+        schemas.Reminder,
+        request=schemas.CreateReminderRequest,
+        conflicts=True,
+        refers=True,
+        links={
+            "GetReminder": _link("getReminder", path__id=_ID),
+            "DeleteReminder": _link("deleteReminder", path__id=_ID),
+        },
+    ),
+    Operation(
+        "GET",
+        "/v1/reminders",
+        "listReminders",
+        "Active reminders, newest first",
+        "notifications",
+        None,
+        list_of=schemas.Reminder,
+        query=(*LIST_PARAMS, _text_param("customer", "Only this customer's reminders.", max_length=64)),
+        links={"GetFirstReminder": _link("getReminder", path__id=_FIRST_ID)},
+    ),
+    Operation(
+        "GET", "/v1/reminders/{id}", "getReminder", "Read a reminder", "notifications", schemas.Reminder
+    ),
+    Operation(
+        "DELETE",
+        "/v1/reminders/{id}",
+        "deleteReminder",
+        "Delete a reminder (a low-balance alert stops at once)",
+        "notifications",
+        schemas.Reminder,
+    ),
     Operation("GET", PATH, "getOpenApi", "This OpenAPI 3.1 document", "meta", None),
 )
 
@@ -529,6 +675,8 @@ def _error_statuses(op: Operation) -> list[str]:
         statuses |= {"409", "422"}  # state conflicts and idempotency
     if op.conflicts:
         statuses.add("409")
+    if op.refers:
+        statuses.add("404")
     if op.reads_body:
         statuses |= {"408", "413"}  # slow or large body
     return sorted(statuses)

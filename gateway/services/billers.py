@@ -244,6 +244,21 @@ class BillerCatalog:
             checked[name] = value
         return checked
 
+    def check_customer_params(
+        self, biller_id: str, customer_params: Mapping[str, object]
+    ) -> tuple[BillerInfo, dict[str, str]]:
+        """The biller (404 ``biller``) and its exactly-matching customer params (400
+        ``customer_params.<name>``), for a biller with bills to fetch; checks only, no call."""
+        entry = self._entry(biller_id, param="biller")
+        params = self._check_params(entry, customer_params, "")
+        if entry.info.fetch == "none":
+            raise errors.InvalidRequest(
+                f"{biller_id} has no bills to fetch ({entry.info.category}).",
+                code="fetch_not_supported",
+                param="biller",
+            )
+        return entry.info, params
+
     # ---- errors
 
     @staticmethod

@@ -39,7 +39,7 @@ from gateway.ids import new_id
 from gateway.logs import get_logger
 from gateway.services.idempotent import Outcome as Response
 from gateway.services.outcomes import Decision
-from gateway.services.settle import HUB, Caller, Settler
+from gateway.services.settle import HUB, Caller, Settler, bill_amount
 from gateway.store import payments as store
 
 if TYPE_CHECKING:
@@ -129,6 +129,7 @@ class BillPoster:
         assert row.bill is not None
         assert row.biller is not None
         bill = orjson.loads(row.bill)
+        amount, currency = bill_amount(row)
         _, connector = self._directory.connector(row.biller)
         try:
             result = await connector.pay(
@@ -137,8 +138,8 @@ class BillPoster:
                     payment_id=payment_id,
                     biller=row.biller,
                     customer_params=bill["customer_params"],
-                    amount=row.amount_captured,
-                    currency=row.currency,
+                    amount=amount,
+                    currency=currency,
                     bill_ref=bill.get("bill_ref"),
                 )
             )

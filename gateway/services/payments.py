@@ -30,12 +30,14 @@ from connectors.base import Outcome as ConnectorOutcome
 from crypto.cards import CardDisplay
 from gateway import errors
 from gateway.domain.bill_posting import Posting, state_of
+from gateway.domain.fx import FxLeg
 from gateway.domain.ledger_rules import Movement, Result
 from gateway.domain.payment_state import CANCELABLE, CAPTURABLE, Status
 from gateway.identity import Identity
 from gateway.ids import new_id
 from gateway.logs import get_logger
 from gateway.services.bills import BillPoster, collected_for_bill
+from gateway.services.fx import FxService
 from gateway.services.idempotent import KeyedRequest, Outcome, run_idempotent
 from gateway.services.inputs import (
     PreparedMethod,
@@ -122,6 +124,7 @@ class PaymentService:
         self.bills: BillPoster | None = None  # set when biller connectors are configured
         self.risk: RiskService | None = None  # set when risk screening is on
         self.holds: Holder | None = None  # step-up and review of held payments, set with risk
+        self.fx: FxService | None = None  # quotes that pay a bill in another currency
         self._pool = pool
         self._keyring = keyring
         self._connectors = connectors
@@ -148,23 +151,36 @@ class PaymentService:
         method_block(params.payment_method)  # refuse a missing method block before claiming the key
         check_customer(params.customer)
         refuse_card_numbers(free_text(params))
+        if params.fx_quote is not None and params.bill is None:
+            raise errors.InvalidRequest(
+                "An fx_quote pays a bill in another currency: give the bill too.", param="fx_quote"
+            )
         caller = Caller(identity, source, keyed)
 
         async def work(claim: Claimed) -> Outcome:
             if claim.object_id is not None:
                 return await self._resume_create(identity.tenant, claim.object_id, params, caller)
-            checked = params
+            checked, fx = params, None
             if params.bill is not None:
                 # After the key claim: a replay answers from the stored response, never the biller.
-                checked = await self._check_bill(identity, params, amount, currency)
-            return await self._create(identity, checked, amount=amount, currency=currency, caller=caller)
+                checked, fx = await self._check_bill(identity, params, amount, currency, key=keyed.key)
+            return await self._create(
+                identity, checked, amount=amount, currency=currency, caller=caller, fx=fx
+            )
 
         return await run_idempotent(self._pool, keyed, work)
 
     async def _check_bill(
-        self, identity: Identity, params: schemas.CreatePaymentRequest, amount: int, currency: str
-    ) -> schemas.CreatePaymentRequest:
-        """Every biller check before money is collected; returns params with normalised customer_params."""
+        self,
+        identity: Identity,
+        params: schemas.CreatePaymentRequest,
+        amount: int,
+        currency: str,
+        *,
+        key: str,
+    ) -> tuple[schemas.CreatePaymentRequest, FxLeg | None]:
+        """Every biller check before money is collected; returns params with normalised customer_params,
+        and the claimed FX quote when the bill is paid in another currency."""
         bill = params.bill
         assert bill is not None
         if self.bills is None:
@@ -174,11 +190,35 @@ class PaymentService:
                 "A bill payment is captured automatically: the biller is paid with collected money.",
                 param="capture_method",
             )
-        checked = await self.bills.directory.validate_payment(
-            bill.biller, bill.customer_params, amount, currency, bill.bill_ref, tenant=identity.tenant
-        )
+        quote = None
+        due_amount, due_currency = amount, currency
+        if params.fx_quote is not None:
+            if self.fx is None:
+                raise errors.InvalidRequest("FX quotes are not available.", param="fx_quote")
+            quote = await self.fx.check(identity.tenant, params.fx_quote, amount=amount, currency=currency)
+            due_amount, due_currency = quote.to_amount, quote.to_currency
+        try:
+            checked = await self.bills.directory.validate_payment(
+                bill.biller,
+                bill.customer_params,
+                due_amount,
+                due_currency,
+                bill.bill_ref,
+                tenant=identity.tenant,
+            )
+        except errors.InvalidRequest as exc:
+            if quote is None or exc.param not in ("amount", "currency"):
+                raise
+            # What the quote delivers does not pay this bill: the quote is what is wrong.
+            raise errors.InvalidRequest(
+                f"With quote {quote.id}: {exc.message}", code=exc.code, param="fx_quote"
+            ) from exc
+        fx = None
+        if quote is not None:
+            assert self.fx is not None
+            fx = await self.fx.claim(quote, key=key)
         normalised = msgspec.structs.replace(bill, customer_params=dict(checked.customer_params))
-        return msgspec.structs.replace(params, bill=normalised)
+        return msgspec.structs.replace(params, bill=normalised), fx
 
     async def topup(
         self,
@@ -275,12 +315,13 @@ class PaymentService:
         currency: str,
         caller: Caller,
         destination: str | None = None,
+        fx: FxLeg | None = None,
     ) -> Outcome:
         tenant = identity.tenant
         method = params.payment_method
         if method.type == "balance":
             return await self._create_balance_payment(
-                identity, params, amount=amount, currency=currency, caller=caller
+                identity, params, amount=amount, currency=currency, caller=caller, fx=fx
             )
         candidates = self._candidates(method.type)
         prepared = await self._prepare(
@@ -307,7 +348,7 @@ class PaymentService:
             connector=candidates[0].name,
             destination_account=destination,
             biller=params.bill.biller if params.bill else None,
-            bill=_bill_json(params.bill),
+            bill=_bill_json(params.bill, fx),
             risk=_risk_json(screening),
             risk_keys=screening.keys if screening else RiskKeys(),
         )
@@ -594,6 +635,7 @@ class PaymentService:
         amount: int,
         currency: str,
         caller: Caller,
+        fx: FxLeg | None,
     ) -> Outcome:
         """A stored-balance payment is a ledger move: no connector, one transaction.
 
@@ -637,7 +679,7 @@ class PaymentService:
                     metadata=orjson.dumps(params.metadata).decode(),
                     connector=None,
                     biller=bill.biller if bill else None,
-                    bill=_bill_json(bill),
+                    bill=_bill_json(bill, fx),
                     risk=_risk_json(screening),
                     risk_keys=screening.keys if screening else RiskKeys(),
                 ),
@@ -943,12 +985,18 @@ def _payment_request(
     )
 
 
-def _bill_json(bill: schemas.BillInput | None) -> str | None:
+def _bill_json(bill: schemas.BillInput | None, fx: FxLeg | None) -> str | None:
+    """The bill as posted; with ``fx``, the quote's snapshot: what the biller gets, in its currency."""
     if bill is None:
         return None
-    return orjson.dumps(
-        {"biller": bill.biller, "customer_params": bill.customer_params, "bill_ref": bill.bill_ref}
-    ).decode()
+    data: dict[str, Any] = {
+        "biller": bill.biller,
+        "customer_params": bill.customer_params,
+        "bill_ref": bill.bill_ref,
+    }
+    if fx is not None:
+        data["fx"] = fx.as_json()
+    return orjson.dumps(data).decode()
 
 
 def _customer_dict(customer: schemas.CustomerInput | None) -> dict[str, Any]:

@@ -14,15 +14,14 @@ import asyncio
 import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 
 import asyncpg
 from redis.exceptions import RedisError
 
 from config.settings import ConfigError, RiskSettings
-from gateway.domain.money import exponent
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
+from gateway.services.fx import FxRates
 from gateway.store import risk as store
 from gateway.store.risk import RiskKeys, StoredFeatures
 from gateway.store.types import Connection, Rider
@@ -34,30 +33,6 @@ from risk.geo import IpCountryLookup
 from risk.rules import RuleError, Ruleset
 
 log = get_logger("gateway.risk")
-
-
-class UsdRates:
-    """Units of each currency per USD, kept fresh by gateway/workers/usd_rates.py; screening
-    reads it without I/O. No rate (feed down, currency unknown, rates too old): ``None``."""
-
-    def __init__(self, max_age: float = 600.0) -> None:
-        self._per_usd: dict[str, Decimal] = {}
-        self._as_of: datetime | None = None
-        self._max_age = max_age
-
-    def update(self, per_usd: dict[str, Decimal], as_of: datetime) -> None:
-        self._per_usd, self._as_of = dict(per_usd), as_of
-
-    def amount_usd(self, amount: int, currency: str) -> float | None:
-        units = Decimal(amount).scaleb(-exponent(currency))
-        if currency == "USD":
-            return float(units)
-        rate = self._per_usd.get(currency)
-        if rate is None or self._as_of is None or rate <= 0:
-            return None
-        if (datetime.now(UTC) - self._as_of).total_seconds() > self._max_age:
-            return None
-        return float(units / rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +77,7 @@ class RiskService:
         settings: RiskSettings,
         *,
         tenants: list[str],
-        usd: UsdRates,
+        usd: FxRates,
         ip_countries: IpCountryLookup,
         metrics: Metrics,
         velocity: RedisVelocity | None = None,

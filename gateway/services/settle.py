@@ -15,7 +15,18 @@ from typing import Any
 
 import orjson
 
-from gateway.domain.ledger_rules import Funding, Movement, Purpose, Result, Role, collect_result, kind, legs
+from gateway.domain.fx import FxLeg
+from gateway.domain.ledger_rules import (
+    Funding,
+    Leg,
+    Movement,
+    Purpose,
+    Result,
+    Role,
+    collect_result,
+    kind,
+    legs,
+)
 from gateway.domain.payment_state import Status
 from gateway.identity import Identity
 from gateway.ids import new_id
@@ -88,8 +99,23 @@ def payer_account(payment: Any) -> str:
     return account
 
 
-def accounts(payment: Any) -> dict[Role, ledger.AccountRef]:
-    """The payment's two roles in the ledger rules, as accounts."""
+def fx_of(payment: Any) -> FxLeg | None:
+    """The quote a bill payment pays with (its snapshot in the bill), or None."""
+    if payment.bill is None or '"fx"' not in payment.bill:
+        return None
+    return FxLeg.of(orjson.loads(payment.bill).get("fx"))
+
+
+def bill_amount(payment: Any) -> tuple[int, str]:
+    """What the biller gets: the captured amount, or the quote's amount in the biller's currency."""
+    fx = fx_of(payment)
+    if fx is None:
+        return payment.amount_captured, payment.currency
+    return fx.share(payment.amount_captured)[0], fx.to_currency
+
+
+def accounts(payment: Any, fx: FxLeg | None = None) -> dict[Role, ledger.AccountRef]:
+    """The payment's two roles in the ledger rules, as accounts (``to`` in the quote's currency)."""
     tenant, currency = payment.tenant, payment.currency
     source: ledger.AccountRef = (
         payer_account(payment)
@@ -101,10 +127,60 @@ def accounts(payment: Any) -> dict[Role, ledger.AccountRef]:
     if purpose is Purpose.TOPUP:
         target = payment.destination_account
     elif purpose is Purpose.BILL:
-        target = ledger.SystemAccount(tenant, "biller_payable", payment.biller, currency)
+        target = ledger.SystemAccount(
+            tenant, "biller_payable", payment.biller, fx.to_currency if fx else currency
+        )
     else:
         target = ledger.SystemAccount(tenant, "tenant_clearing", "default", currency)
     return {Role.FROM: source, Role.TO: target}
+
+
+def _fx_moves(
+    tenant: str, leg: Leg, roles: dict[Role, ledger.AccountRef], amount: int, fx: FxLeg
+) -> list[ledger.Move]:
+    """One leg of an FX payment, balanced in each currency through the ``fx`` accounts: the payer's
+    side moves ``amount`` in the quote's from currency (its spread share to the fees account), the
+    payee's side moves the converted share in the to currency. A leg within one role stays in
+    that role's currency."""
+    to_part, fee_part = fx.share(amount)
+    source, target = fx.from_currency, fx.to_currency
+    if leg.source == leg.destination:
+        part, currency = (to_part, target) if leg.source is Role.TO else (amount, source)
+        return [
+            ledger.Move(
+                roles[leg.source],
+                roles[leg.source],
+                part,
+                currency,
+                leg.source_bucket,
+                leg.destination_bucket,
+            )
+        ]
+    fx_source = ledger.SystemAccount(tenant, "fx", "default", source)
+    fx_target = ledger.SystemAccount(tenant, "fx", "default", target)
+    fees = ledger.SystemAccount(tenant, "fees", "fx_spread", source)
+    if leg.destination is Role.TO:  # the payer's money goes out to the payee
+        moves = [
+            ledger.Move(roles[Role.FROM], fx_source, amount - fee_part, source, leg.source_bucket),
+            ledger.Move(
+                fx_target, roles[Role.TO], to_part, target, destination_bucket=leg.destination_bucket
+            ),
+        ]
+        if fee_part:
+            moves.append(ledger.Move(roles[Role.FROM], fees, fee_part, source, leg.source_bucket))
+        return moves
+    # the payee's side gives it back: the whole amount, spread included, returns to the payer
+    moves = [
+        ledger.Move(roles[Role.TO], fx_target, to_part, target, leg.source_bucket),
+        ledger.Move(
+            fx_source, roles[Role.FROM], amount - fee_part, source, destination_bucket=leg.destination_bucket
+        ),
+    ]
+    if fee_part:
+        moves.append(
+            ledger.Move(fees, roles[Role.FROM], fee_part, source, destination_bucket=leg.destination_bucket)
+        )
+    return moves
 
 
 async def book(
@@ -117,19 +193,24 @@ async def book(
     refund_id: str | None = None,
 ) -> None:
     """Post the rule's moves for this payment (InsufficientFunds if a balance would go negative)."""
-    roles = accounts(payment)
+    fx = fx_of(payment)
+    roles = accounts(payment, fx)
     currency = payment.currency
-    moves = [
-        ledger.Move(
-            roles[leg.source],
-            roles[leg.destination],
-            amount,
-            currency,
-            leg.source_bucket,
-            leg.destination_bucket,
-        )
-        for leg in legs(movement, result)
-    ]
+    moves: list[ledger.Move] = []
+    for leg in legs(movement, result):
+        if fx is not None:
+            moves += _fx_moves(payment.tenant, leg, roles, amount, fx)
+        else:
+            moves.append(
+                ledger.Move(
+                    roles[leg.source],
+                    roles[leg.destination],
+                    amount,
+                    currency,
+                    leg.source_bucket,
+                    leg.destination_bucket,
+                )
+            )
     await ledger.post(
         conn,
         tenant=payment.tenant,
@@ -214,7 +295,7 @@ class Settler:
                 tenant=tenant,
                 operation="post_bill",
                 connector=row.biller or "",  # a post_bill decision is only made for bill payments
-                amount=row.amount_captured,
+                amount=bill_amount(row)[0],
             )
         self._metrics.payments.labels(row.method, row.status, row.connector or "ledger").inc()
         body = render.encode(render.payment(row))

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 from crypto.keyring import (
+    PURPOSES,
     DataKey,
     KeyEncryptionKey,
     Keyring,
@@ -69,11 +70,12 @@ def _unwrap_all(rows: Sequence[_Row], *keks: KeyEncryptionKey) -> Keyring:
 
 def _missing(rows: Sequence[_Row]) -> list[Purpose]:
     present = {purpose for _, purpose, _, _ in rows}
-    return [p for p in ("pan", "fingerprint") if p not in present]
+    return [p for p in PURPOSES if p not in present]
 
 
 async def load_keyring(conn: Connection, kek: KeyEncryptionKey) -> Keyring:
-    """All data keys, unwrapped; creates the first ``pan`` / ``fingerprint`` key when missing."""
+    """All data keys, unwrapped; creates the first key of each purpose (pan, fingerprint, secret)
+    when missing."""
     rows = await _fetch(conn)
     if not _missing(rows):
         return _unwrap_all(rows, kek)

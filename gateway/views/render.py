@@ -46,7 +46,15 @@ def payment(row: Any) -> schemas.Payment:
         created=timestamp(row.created),
         updated=timestamp(row.updated),
         destination=row.destination_account,
+        fx=_fx(row.bill),
     )
+
+
+def _fx(bill: str | None) -> dict[str, Any] | None:
+    if bill is None or '"fx"' not in bill:
+        return None
+    fx: dict[str, Any] | None = orjson.loads(bill).get("fx")
+    return fx
 
 
 def refund(row: Any) -> schemas.Refund:

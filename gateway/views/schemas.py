@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from gateway.domain.event_types import Subscription
 from gateway.domain.money import MAX_AMOUNT
+from gateway.domain.webhook_urls import MAX_URL_LENGTH
 
 # C0 controls and DEL: refused in every string (gateway/api/screen.py), stated as a pattern here.
 CONTROL_CHARS = r"\x00-\x1f\x7f"
@@ -136,6 +138,9 @@ class CreatePaymentRequest(Input):
     capture_method: Literal["automatic", "manual"] = "automatic"
     customer: CustomerInput | None = None
     bill: BillInput | None = None
+    # A quote (POST /v1/fx/quotes) that pays a bill in another currency: amount and currency are
+    # what the quote charges; the biller gets the quote's to_amount in its own currency.
+    fx_quote: Annotated[str, Meta(pattern=r"^fxq_[A-Za-z0-9]{1,64}$")] | None = None
     description: Description | None = None
     metadata: Metadata = msgspec.field(default_factory=dict)
 
@@ -202,6 +207,44 @@ class CreateTopupRequest(Input):
 
 class CreateTokenRequest(Input):
     card: CardInput
+
+
+# ---- FX (gateway/api/fx.py) --------------------------------------------------------------------
+
+
+class CreateFxQuoteRequest(Input):
+    """Lock a rate: give what must arrive (``to_amount``, e.g. a bill's amount due) or what is paid."""
+
+    from_currency: Currency
+    to_currency: Currency
+    to_amount: Amount | None = None
+    from_amount: Amount | None = None
+
+
+class FxQuote(Struct):
+    id: str
+    from_currency: str
+    to_currency: str
+    from_amount: int
+    to_amount: int
+    fee: Annotated[
+        int, Meta(description="The spread kept, in from_currency minor units (part of from_amount).")
+    ]
+    rate: Annotated[str, Meta(description="Units of to_currency per unit of from_currency, spread included.")]
+    mid_rate: Annotated[str, Meta(description="The mid-market rate the quote was priced from.")]
+    spread: str
+    rates_as_of: str
+    expires_at: str
+    used: bool
+    created: str
+    object: str = "fx_quote"
+
+
+class FxRates(Struct):
+    base: str
+    rates: dict[str, str]
+    as_of: str
+    object: str = "fx_rates"
 
 
 # ---- responses -------------------------------------------------------------------------------
@@ -274,6 +317,7 @@ class Payment(Struct):
     created: str
     updated: str
     destination: str | None = msgspec.field(default=None)
+    fx: dict[str, Any] | None = msgspec.field(default=None)  # the quote a bill was paid with
     object: str = "payment"
 
 
@@ -340,6 +384,75 @@ class Event(Struct):
     data: dict[str, Any]
     created: str
     object: str = "event"
+
+
+# ---- webhooks (gateway/api/webhooks.py, docs/webhooks.md) -----------------------------------------
+
+WebhookUrl = Annotated[
+    str, Meta(min_length=1, max_length=MAX_URL_LENGTH, examples=["https://example.com/payhub/webhooks"])
+]
+MAX_ROTATION_OVERLAP = 30 * 86400  # seconds: a rotation's previous secret signs for at most 30 days
+EndpointId = Annotated[str, Meta(pattern=r"^we_[A-Za-z0-9]{1,64}$", examples=["we_1a2B3c4D5e6F7g8H9i0J1k2L"])]
+
+
+class CreateWebhookEndpointRequest(Input):
+    url: WebhookUrl
+    # Event types (gateway/domain/event_types.py) or "*" for all of them.
+    enabled_events: Annotated[list[Subscription], Meta(min_length=1, max_length=50)]
+    description: Description | None = None
+
+
+class RotateWebhookSecretRequest(Input):
+    # Seconds the previous secret keeps signing too (default 24 h; 0: it stops at once).
+    expires_in: Annotated[int, Meta(ge=0, le=MAX_ROTATION_OVERLAP)] | None = None
+
+
+class RedeliverEventRequest(Input):
+    endpoint: EndpointId | None = None  # only this endpoint's delivery; default: every endpoint's
+
+
+class WebhookEndpoint(Struct):
+    id: str
+    url: str
+    enabled_events: list[str]
+    description: str | None
+    status: Literal["enabled"]
+    previous_secret_expires: str | None  # a rotation's previous secret signs too until then
+    created: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+
+
+class WebhookEndpointWithSecret(WebhookEndpoint, kw_only=True):
+    """The creation and rotation answers: the only ones that show the signing secret."""
+
+    secret: str
+
+
+class DeletedWebhookEndpoint(Struct):
+    id: str
+    deleted: Literal[True] = True
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+
+
+class WebhookDelivery(Struct):
+    id: str
+    event: str
+    endpoint: str
+    status: Literal["pending", "delivered", "dead", "canceled"]
+    attempts: int
+    next_attempt: str
+    deadline: str
+    last_status: int | None
+    last_error: str | None
+    delivered_at: str | None
+    created: str
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+
+
+class Redelivery(Struct):
+    event: str
+    deliveries: list[WebhookDelivery]
+    object: Literal["redelivery"] = "redelivery"
 
 
 class ListResponse(Struct):
@@ -419,3 +532,105 @@ class Bill(Struct):
     due_date: Annotated[str, Meta(description="YYYY-MM-DD", examples=["2025-06-11"])]
     customer_name: Annotated[str, Meta(description="Masked by the biller connector: 'L* L*'.")]
     object: str = "bill"
+
+
+# ---- notifications (gateway/api/preferences.py, gateway/api/reminders.py) ---------------------
+
+ClockTime = Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["22:00"])]
+LeadDays = Annotated[int, Meta(ge=0, le=60)]
+
+
+class QuietHoursInput(Input):
+    """Wall-clock times in the customer's time zone; may span midnight; start and end differ."""
+
+    start: ClockTime
+    end: ClockTime
+
+
+class PreferencesInput(Input):
+    """The whole preferences object (PUT replaces it: a field left out takes its default)."""
+
+    locale: (
+        Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$", examples=["zh-CN"])]
+        | None
+    ) = None
+    timezone: (
+        Annotated[
+            str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$", examples=["Asia/Shanghai"])
+        ]
+        | None
+    ) = None
+    default_currency: Currency | None = None
+    channels: Annotated[list[Literal["email", "sms", "push", "webhook"]], Meta(max_length=4)] = msgspec.field(
+        default_factory=list
+    )
+    email: (
+        Annotated[str, Meta(max_length=254, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")] | None
+    ) = None
+    phone: Annotated[str, Meta(max_length=16, pattern=r"^\+[1-9][0-9]{5,14}$")] | None = None
+    quiet_hours: QuietHoursInput | None = None
+    reminder_lead_days: LeadDays | None = None
+    theme: Literal["light", "dark", "system"] | None = None
+    font_scale: Annotated[float, Meta(ge=0.75, le=2.0)] | None = None
+
+
+class QuietHours(Struct):
+    start: str
+    end: str
+
+
+class CustomerPreferences(Struct):
+    customer: str
+    locale: str
+    timezone: str
+    default_currency: str | None
+    channels: Annotated[list[str], Meta(description="Always includes webhook.")]
+    email: str | None
+    phone: str | None
+    quiet_hours: QuietHours | None
+    reminder_lead_days: int
+    theme: Literal["light", "dark", "system"]
+    font_scale: float
+    updated: Annotated[str | None, Meta(description="null: never set (these are the defaults).")]
+    object: str = "customer_preferences"
+
+
+class CreateReminderRequest(Input):
+    """``bill_due``: customer, biller, customer_params (lead_days optional). ``low_balance``:
+    account, threshold (customer optional: the account's)."""
+
+    type: Literal["bill_due", "low_balance"]
+    customer: Text64 | None = None
+    biller: Annotated[str, Meta(pattern=r"^bil_[a-z0-9_]{1,60}$", examples=["bil_cn_power"])] | None = None
+    customer_params: (
+        Annotated[
+            dict[Text40, Any],
+            Meta(
+                max_length=10,
+                extra_json_schema={
+                    "additionalProperties": {"type": "string", "maxLength": 64},
+                    "examples": [{"account_number": "0031234567"}],
+                },
+            ),
+        ]
+        | None
+    ) = None
+    lead_days: LeadDays | None = None
+    account: Annotated[str, Meta(pattern=r"^acct_[A-Za-z0-9]{1,64}$")] | None = None
+    threshold: Amount | None = None
+
+
+class Reminder(Struct):
+    id: str
+    type: Literal["bill_due", "low_balance"]
+    customer: str | None
+    biller: str | None
+    customer_params: dict[str, str] | None
+    lead_days: Annotated[int | None, Meta(description="null: the customer's reminder_lead_days.")]
+    next_run: Annotated[str | None, Meta(description="When the biller is asked next (bill_due).")]
+    account: str | None
+    threshold: AmountOut | None
+    currency: str | None
+    status: Literal["active", "deleted"]
+    created: str
+    object: str = "reminder"

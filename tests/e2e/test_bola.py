@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from crypto.pki import PkiPaths
+from gateway.keys import DB_POOL
 from gateway.server import RunningGateway
 from tests.support.api import Api, Reply, api_client, card_payment
 
@@ -28,6 +29,9 @@ NOBODY = {
     "token": "tok_000000000000000000000000",
     "event": "evt_000000000000000000000000",
     "account": "acct_000000000000000000000000",
+    "webhook_endpoint": "we_000000000000000000000000",
+    "reminder": "rem_000000000000000000000000",
+    "fx_quote": "fxq_000000000000000000000000",
 }
 
 
@@ -62,6 +66,13 @@ def _post(template: str, kind: str, body: dict[str, Any]) -> Probe:
     return probe
 
 
+def _delete(template: str, kind: str) -> Probe:
+    async def probe(api: Api, ids: dict[str, str]) -> Reply:
+        return await api.request("DELETE", template.format(id=ids[kind]))
+
+    return probe
+
+
 # Every route with an id in its path: (method, route template) → probes.
 PROBES: dict[tuple[str, str], Probe] = {
     ("GET", "/v1/payments/{id}"): _get("/v1/payments/{id}", "payment"),
@@ -82,6 +93,18 @@ PROBES: dict[tuple[str, str], Probe] = {
         "account",
         {k: v for k, v in card_payment(amount=500).items() if k != "customer"},
     ),
+    ("POST", "/v1/events/{id}/redeliver"): _post("/v1/events/{id}/redeliver", "event", {}),
+    ("GET", "/v1/webhook_endpoints/{id}"): _get("/v1/webhook_endpoints/{id}", "webhook_endpoint"),
+    ("HEAD", "/v1/webhook_endpoints/{id}"): _head("/v1/webhook_endpoints/{id}", "webhook_endpoint"),
+    ("DELETE", "/v1/webhook_endpoints/{id}"): _delete("/v1/webhook_endpoints/{id}", "webhook_endpoint"),
+    ("POST", "/v1/webhook_endpoints/{id}/rotate_secret"): _post(
+        "/v1/webhook_endpoints/{id}/rotate_secret", "webhook_endpoint", {}
+    ),
+    ("GET", "/v1/reminders/{id}"): _get("/v1/reminders/{id}", "reminder"),
+    ("HEAD", "/v1/reminders/{id}"): _head("/v1/reminders/{id}", "reminder"),
+    ("DELETE", "/v1/reminders/{id}"): _delete("/v1/reminders/{id}", "reminder"),
+    ("GET", "/v1/fx/quotes/{id}"): _get("/v1/fx/quotes/{id}", "fx_quote"),
+    ("HEAD", "/v1/fx/quotes/{id}"): _head("/v1/fx/quotes/{id}", "fx_quote"),
 }
 
 
@@ -102,6 +125,12 @@ NOT_TENANT_OBJECTS: frozenset[tuple[str, str]] = frozenset(
         ("HEAD", "/v1/admin/lists/{list}"),
         ("POST", "/v1/admin/lists/{list}"),
         ("DELETE", "/v1/admin/lists/{list}/{id}"),
+        # {id} is a customer id, which each tenant names in its own space: globex's "cus_acme" is
+        # another customer than acme's, with its own preferences (tests/e2e/test_preferences.py
+        # test_preferences_are_the_tenants_own); there is no object of acme's to reach.
+        ("GET", "/v1/customers/{id}/preferences"),
+        ("HEAD", "/v1/customers/{id}/preferences"),
+        ("PUT", "/v1/customers/{id}/preferences"),
     }
 )
 
@@ -118,6 +147,10 @@ def _list_probe(path: str, **params: str) -> Probe:
         return await api.get(path, **{name: ids[kind] for name, kind in params.items()})
 
     return probe
+
+
+# Subscribed to an event these tests never cause: the delivery worker has nothing to send.
+WEBHOOK_ENDPOINT = {"url": "https://example.com/payhub", "enabled_events": ["bill.due_soon"]}
 
 
 # Ids that travel in a body or a query string instead of the path.
@@ -143,6 +176,13 @@ SMUGGLED: dict[str, Probe] = {
     "payments before acme's payment": _list_probe("/v1/payments", ending_before="payment"),
     "events after acme's event": _list_probe("/v1/events", starting_after="event"),
     "events before acme's event": _list_probe("/v1/events", ending_before="event"),
+    "webhook endpoints after acme's": _list_probe("/v1/webhook_endpoints", starting_after="webhook_endpoint"),
+    "webhook endpoints before acme's": _list_probe("/v1/webhook_endpoints", ending_before="webhook_endpoint"),
+    "reminders after acme's": _list_probe("/v1/reminders", starting_after="reminder"),
+    "reminders before acme's": _list_probe("/v1/reminders", ending_before="reminder"),
+    "low-balance alert on acme's balance": _body_probe(
+        "/v1/reminders", lambda ids: {"type": "low_balance", "account": ids["account"], "threshold": 100}
+    ),
 }
 
 
@@ -152,8 +192,9 @@ async def globex(gw: RunningGateway, pki: PkiPaths) -> AsyncIterator[Api]:
         yield api
 
 
-@pytest.fixture
-async def acme_objects(acme: Api) -> Acme:
+async def make_acme_objects(acme: Api, gw: RunningGateway) -> dict[str, str]:
+    """One of each of acme's objects, by kind (also the security attack matrix's)."""
+
     async def ok(reply: Reply) -> dict[str, Any]:
         assert reply.status == 200, reply.body
         return reply.body
@@ -169,16 +210,36 @@ async def acme_objects(acme: Api) -> Acme:
     )
     account = await ok(await acme.post("/v1/accounts", {"currency": "CNY", "customer": "cus_acme"}))
     events = (await acme.get("/v1/events", object=captured["id"])).body["data"]
-    return Acme(
-        {
-            "payment": authorized["id"],
-            "captured": captured["id"],
-            "refund": refund["id"],
-            "token": token["id"],
-            "event": events[0]["id"],
-            "account": account["id"],
-        }
+    endpoint = await ok(await acme.post("/v1/webhook_endpoints", WEBHOOK_ENDPOINT, key=None))
+    reminder = await ok(
+        await acme.post(
+            "/v1/reminders", {"type": "low_balance", "account": account["id"], "threshold": 500}, key=None
+        )
     )
+    # A quote as POST /v1/fx/quotes stores it (this gateway has no FX feed to price one from).
+    async with gw.api[DB_POOL].acquire() as conn:
+        await conn.execute(
+            """INSERT INTO fx_quotes (id, tenant, from_currency, to_currency, from_amount, to_amount, fee,
+                                      mid_rate, rate, spread, rates_as_of, expires_at)
+               VALUES ('fxq_acme1', 'acme', 'CNY', 'USD', 7136, 1000, 36, 0.1408, 0.1401, 0.005,
+                       now(), now() + interval '5 minutes')"""
+        )
+    return {
+        "payment": authorized["id"],
+        "captured": captured["id"],
+        "refund": refund["id"],
+        "token": token["id"],
+        "event": events[0]["id"],
+        "account": account["id"],
+        "webhook_endpoint": endpoint["id"],
+        "reminder": reminder["id"],
+        "fx_quote": "fxq_acme1",
+    }
+
+
+@pytest.fixture
+async def acme_objects(acme: Api, gw: RunningGateway) -> Acme:
+    return Acme(await make_acme_objects(acme, gw))
 
 
 async def snapshot(api: Api, ids: dict[str, str]) -> dict[str, Any]:
@@ -190,6 +251,9 @@ async def snapshot(api: Api, ids: dict[str, str]) -> dict[str, Any]:
         ("refund", f"/v1/refunds/{ids['refund']}"),
         ("event", f"/v1/events/{ids['event']}"),
         ("account", f"/v1/accounts/{ids['account']}"),
+        ("webhook_endpoint", f"/v1/webhook_endpoints/{ids['webhook_endpoint']}"),
+        ("reminder", f"/v1/reminders/{ids['reminder']}"),
+        ("fx_quote", f"/v1/fx/quotes/{ids['fx_quote']}"),
         ("entries", f"/v1/accounts/{ids['account']}/entries"),
         ("payments", "/v1/payments?limit=100"),
         ("events", "/v1/events?limit=100"),

@@ -17,6 +17,7 @@ import asyncpg
 from tests.model import checks
 from tests.model import requests as rq
 from tests.model.harness import CHALLENGED, PHONE, REVIEWED, Client, History, Loop, Operation, Sandbox, Stack
+from tests.model.receiver import WebhookReceiver
 
 T = TypeVar("T")
 
@@ -60,6 +61,7 @@ class World:
     history: History
     profile: Profile
     workdir: Path
+    receiver: WebhookReceiver  # subscribed to every event type of the checker's tenant
     violations: dict[tuple[int, str, str], checks.Violation] = field(default_factory=dict)
     rules: list[str] = field(default_factory=list)  # every rule run, with its arguments
     steps: int = 0
@@ -377,6 +379,39 @@ class Actions:
         if filed and by == "wallet" and plan == "pay_now":
             self.pay_wallet(filed[0])
         return filed
+
+    def do_fx_bill(self, number: str, by: str, account: str | None, plan: str = "pay_now") -> list[str]:
+        """A USD bill (bil_us_power) paid in CNY at a quoted rate; then the same quote once more, which
+        must be refused (400 quote_used) and move nothing."""
+        fetched = self.fetch_bill(rq.FX_BILLER, number)
+        if number.endswith(rq.NO_DUES):
+            return []
+        bills = fetched.field("data")
+        self.expect(fetched, fetched.status == 200 and bool(bills), "200 with an open bill")
+        pay = rq.bill_method(by, account)
+        if fetched.status != 200 or not bills or pay is None:
+            return []
+        due = int(bills[0]["amount_due"])
+        quoted = self.call("fx quote", "POST", "/v1/fx/quotes", rq.fx_quote(due), keyed=False)
+        quote = quoted.json if quoted.status == 200 else None
+        self.expect(quoted, quote is not None and quote["to_amount"] == due, f"200 quote for {due} USD")
+        if quote is None:
+            return []
+        amount = int(quote["from_amount"])
+        funded = by != "balance" or account is None or self.balance_of(account)[0] >= amount
+        bill = rq.utility_bill(rq.FX_BILLER, number, bills[0]["bill_ref"])
+        body = rq.payment(amount, pay, bill=bill, fx_quote=quote["id"])
+        op = self.call(f"fx bill {number[-4:]} by {by}", "POST", "/v1/payments", body)
+        late, rejected = number.endswith(rq.LATE), number.endswith(rq.REJECTED)
+        self._bill_answer(op, by, late=late, rejected=rejected, funded=funded)
+        self.expect(
+            op, op.status != 200 or (op.field("fx") or {}).get("quote") == quote["id"], "fx.quote shown"
+        )
+        if op.status == 200:
+            again = self.call("fx quote reused", "POST", "/v1/payments", body)
+            code = (again.field("error") or {}).get("code")
+            self.expect(again, (again.status, code) == (400, "quote_used"), "400 quote_used")
+        return self.file(op, "bill", amount, plan=plan if by == "wallet" else "")
 
     def do_phone(self, msisdn: str, amount: int, by: str, account: str | None) -> list[str]:
         pay = rq.bill_method(by, account)

@@ -24,6 +24,7 @@ import asyncpg
 
 from connectors.iso8583_card.transformers import rrn_for
 from tests.model.harness import History
+from tests.model.receiver import Receipt
 
 FINAL = frozenset({"succeeded", "failed", "canceled"})
 # Statuses that wait on a documented external step (DESIGN §6): the payer, the merchant, an operator.
@@ -66,6 +67,9 @@ class Hub:
     accounts: dict[str, dict[str, Any]]
     entries: dict[tuple[str, str], int]  # (account, bucket) → sum
     unbalanced: list[dict[str, Any]]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    endpoints: list[dict[str, Any]] = field(default_factory=list)  # webhook endpoints
+    deliveries: list[dict[str, Any]] = field(default_factory=list)  # webhook deliveries
 
     def attempts_of(self, payment_id: str, *operations: str) -> list[dict[str, Any]]:
         return [a for a in self.attempts if a["payment_id"] == payment_id and a["operation"] in operations]
@@ -87,7 +91,7 @@ async def read_hub(pool: asyncpg.Pool) -> Hub:
         payments = await conn.fetch(
             """SELECT id, tenant, status, amount, currency, amount_authorized, amount_captured,
                       amount_refunded, method, payment_method, capture_method, connector,
-                      connector_reference, biller, bill_posting, destination_account, failure_code
+                      connector_reference, biller, bill, bill_posting, destination_account, failure_code
                FROM payments ORDER BY created, id"""
         )
         attempts = await conn.fetch(
@@ -103,6 +107,13 @@ async def read_hub(pool: asyncpg.Pool) -> Hub:
         entries = await conn.fetch(
             "SELECT account_id, bucket, sum(amount)::bigint AS total FROM ledger_entries GROUP BY 1, 2"
         )
+        events = await conn.fetch("SELECT id, tenant, type, created FROM events")
+        endpoints = await conn.fetch(
+            "SELECT id, tenant, enabled_events, status, created FROM webhook_endpoints"
+        )
+        deliveries = await conn.fetch(
+            "SELECT id::text AS id, event_id, endpoint_id, status, attempts FROM webhook_deliveries"
+        )
         unbalanced = await conn.fetch(
             """SELECT e.transaction_id, e.currency, sum(e.amount)::bigint AS total, t.kind, t.payment_id
                FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
@@ -112,6 +123,7 @@ async def read_hub(pool: asyncpg.Pool) -> Hub:
     for row in payments:
         record = dict(row)
         record["bill_posting"] = _jsonb(record["bill_posting"])
+        record["bill"] = _jsonb(record["bill"])
         record["payment_method"] = _jsonb(record["payment_method"])
         rows.append(record)
     return Hub(
@@ -121,7 +133,27 @@ async def read_hub(pool: asyncpg.Pool) -> Hub:
         accounts={a["id"]: dict(a) for a in accounts},
         entries={(e["account_id"], e["bucket"]): int(e["total"]) for e in entries},
         unbalanced=[dict(u) for u in unbalanced],
+        events=[dict(e) for e in events],
+        endpoints=[dict(e) for e in endpoints],
+        deliveries=[dict(d) for d in deliveries],
     )
+
+
+def fx_of(payment: dict[str, Any]) -> dict[str, Any] | None:
+    """The quote snapshot of a bill paid in another currency (docs/fx.md), or None."""
+    bill = payment["bill"]
+    fx = bill.get("fx") if isinstance(bill, dict) else None
+    return fx if isinstance(fx, dict) else None
+
+
+def in_bill_currency(payment: dict[str, Any], amount: int) -> tuple[int, str]:
+    """An amount of the payment as the biller sees it: the quote's share for an FX bill."""
+    fx = fx_of(payment)
+    if fx is None:
+        return amount, payment["currency"]
+    if amount == fx["from_amount"]:
+        return int(fx["to_amount"]), fx["to_currency"]
+    return int(fx["to_amount"]) * amount // int(fx["from_amount"]), fx["to_currency"]
 
 
 def posting_status(payment: dict[str, Any]) -> str | None:
@@ -141,7 +173,8 @@ async def quiesce(
             busy = await conn.fetchval(
                 """SELECT (SELECT count(*) FROM payments WHERE status IN ('new', 'processing')
                              AND coalesce(bill_posting->>'status', '') <> 'manual_review')
-                        + (SELECT count(*) FROM refunds WHERE status = 'pending')"""
+                        + (SELECT count(*) FROM refunds WHERE status = 'pending')
+                        + (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')"""
             )
             waiting = await conn.fetch(
                 """SELECT a.id FROM payment_attempts a JOIN payments p ON p.id = a.payment_id
@@ -166,6 +199,7 @@ class Books:
     raw: dict[str, Any]
     external: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # connector → ref → rec
     postings: dict[str, dict[str, Any]] = field(default_factory=dict)  # reference → posting/top-up
+    webhooks: list[Receipt] = field(default_factory=list)  # the webhook receiver's own book
 
     @classmethod
     def of(cls, raw: dict[str, Any]) -> Books:
@@ -445,14 +479,15 @@ def inv5_billers(hub: Hub, books: Books, history: History) -> list[Violation]:
     for p in hub.payments.values():
         if p["biller"] is None:
             continue
-        key = (p["biller"], p["currency"])
+        captured, currency = in_bill_currency(p, p["amount_captured"])
+        key = (p["biller"], currency)
         posts = hub.attempts_of(p["id"], "post_bill")
         post_refs.update(a["id"] for a in posts)
         state = posting_status(p)
         if state == "manual_review":
-            review[key] += p["amount_captured"] - p["amount_refunded"]
+            review[key] += captured - in_bill_currency(p, p["amount_refunded"])[0]
             continue
-        expected = p["amount_captured"] if state == "posted" else 0
+        expected = captured if state == "posted" else 0
         hub_total[key] += expected
         posted = sum(int(books.postings.get(a["id"], {}).get("posted", 0)) for a in posts)
         if posted != expected:
@@ -565,13 +600,143 @@ def inv6_conservation(hub: Hub, books: Books, history: History) -> list[Violatio
     return found
 
 
+def inv8_fx(hub: Hub, books: Books, history: History) -> list[Violation]:
+    """8. FX: each quote paid at most one payment, and the hub's FX position per currency (its ``fx``
+    accounts) is what its standing FX bill payments converted: +(from - fee) in the payer's currency,
+    -to in the biller's; the spread (``fees``) is their fees. A payment whose money went back (the
+    biller rejected or reversed it) leaves nothing in either."""
+    found = []
+    quotes: dict[str, list[str]] = defaultdict(list)
+    position: dict[str, int] = defaultdict(int)
+    fees: dict[str, int] = defaultdict(int)
+    for p in hub.payments.values():
+        fx = fx_of(p)
+        if fx is None:
+            continue
+        quotes[fx["quote"]].append(p["id"])
+        kept = p["amount_captured"] - p["amount_refunded"]
+        if kept <= 0:
+            continue
+        to_part, _ = in_bill_currency(p, kept)
+        fee_part = (
+            int(fx["fee"]) * kept // int(fx["from_amount"]) if kept != fx["from_amount"] else int(fx["fee"])
+        )
+        position[fx["from_currency"]] += kept - fee_part
+        position[fx["to_currency"]] -= to_part
+        fees[fx["from_currency"]] += fee_part
+    for quote, used_by in quotes.items():
+        if len(used_by) > 1:
+            found.append(
+                Violation(8, (quote, *used_by), f"one quote paid {len(used_by)} payments", duplicates=1)
+            )
+    ledger_position: dict[str, int] = defaultdict(int)
+    for account in hub.system_accounts("fx"):
+        ledger_position[account["currency"]] += hub.entry_sum(account["id"])
+    ledger_fees: dict[str, int] = defaultdict(int)
+    for account in hub.system_accounts("fees"):
+        if account["reference"] == "fx_spread":
+            ledger_fees[account["currency"]] += hub.entry_sum(account["id"])
+    for currency in sorted(set(position) | set(ledger_position)):
+        if position[currency] != ledger_position[currency]:
+            found.append(
+                money(
+                    8,
+                    (f"fx:{currency}",),
+                    f"FX position {ledger_position[currency]} {currency} in the ledger, the FX payments "
+                    f"say {position[currency]}",
+                    ledger_position[currency] - position[currency],
+                )
+            )
+    for currency in sorted(set(fees) | set(ledger_fees)):
+        if fees[currency] != ledger_fees[currency]:
+            found.append(
+                money(
+                    8,
+                    (f"fees:{currency}",),
+                    f"FX spread {ledger_fees[currency]} {currency} in the ledger, the FX payments say "
+                    f"{fees[currency]}",
+                    ledger_fees[currency] - fees[currency],
+                )
+            )
+    return found
+
+
+def inv9_webhooks(hub: Hub, books: Books, history: History) -> list[Violation]:
+    """9. Webhooks: no event is lost and no attempt is made twice. Every event after an endpoint
+    subscribed to it has one delivery to it, delivered or dead once everything is quiet; the receiver's
+    own book shows each delivered one answered 2xx under a valid signature; no (delivery, attempt)
+    arrived twice; nothing arrived that the hub did not send. (An event may arrive more than once, on
+    later attempts after a crash cut an answer: receivers de-duplicate on the event id.)"""
+    found = []
+    deliveries = {(d["event_id"], d["endpoint_id"]): d for d in hub.deliveries}
+    for endpoint in hub.endpoints:
+        if endpoint["status"] != "enabled":
+            continue
+        types = set(endpoint["enabled_events"])
+        for event in hub.events:
+            subscribed = "*" in types or event["type"] in types
+            if (
+                event["tenant"] != endpoint["tenant"]
+                or not subscribed
+                or event["created"] < endpoint["created"]
+            ):
+                continue
+            delivery = deliveries.get((event["id"], endpoint["id"]))
+            if delivery is None:
+                found.append(
+                    Violation(9, (event["id"], endpoint["id"]), f"{event['type']}: no delivery (lost)")
+                )
+            elif delivery["status"] not in ("delivered", "dead"):
+                found.append(
+                    Violation(
+                        9,
+                        (event["id"], delivery["id"]),
+                        f"{event['type']}: still {delivery['status']}, {delivery['attempts']} attempts",
+                        stuck=True,
+                    )
+                )
+    seen: dict[tuple[str, int], int] = defaultdict(int)
+    answered_ok: set[str] = set()
+    for receipt in books.webhooks:
+        seen[(receipt.delivery, receipt.attempt)] += 1
+        if not receipt.signed:
+            found.append(
+                Violation(9, (receipt.event_id, receipt.delivery), "arrived without a valid signature")
+            )
+        if receipt.answered < 300:
+            answered_ok.add(receipt.delivery)
+    for (delivery, attempt), times in seen.items():
+        if times > 1:
+            found.append(
+                Violation(9, (delivery,), f"attempt {attempt} arrived {times} times", duplicates=times - 1)
+            )
+    known = {d["id"] for d in hub.deliveries}
+    for delivery in hub.deliveries:
+        if delivery["status"] == "delivered" and delivery["id"] not in answered_ok:
+            found.append(
+                Violation(
+                    9, (delivery["event_id"], delivery["id"]), "delivered, but the receiver never said 2xx"
+                )
+            )
+    for receipt in books.webhooks:
+        if receipt.delivery not in known:
+            found.append(
+                Violation(
+                    9, (receipt.event_id, receipt.delivery), "arrived, but the hub sent no such delivery"
+                )
+            )
+    return found
+
+
 def inv7_no_5xx(hub: Hub, books: Books, history: History) -> list[Violation]:
-    """7. No request was ever answered with a 5xx (no answer while the gateway was down is not an answer)."""
+    """7. No request was ever answered with a 5xx (no answer while the gateway was down is not an answer).
+    The one documented exception: 503 ``rates_stale`` to an FX quote asked of a gateway that has
+    just restarted and not yet read the FX feed (docs/fx.md); the request is asked again."""
     return [
         Violation(7, (f"#{op.number}",), f"answered {t.status}: {op.summary()} :: {t.raw[:200]!r}")
         for op in history
         for t in op.tries
-        if t.status is not None and t.status >= 500
+        if t.status is not None and t.status >= 500 and not t.rates_stale
     ]
 
 
@@ -583,6 +748,8 @@ INVARIANTS: tuple[Callable[[Hub, Books, History], list[Violation]], ...] = (
     inv5_billers,
     inv6_conservation,
     inv7_no_5xx,
+    inv8_fx,
+    inv9_webhooks,
 )
 
 
@@ -595,6 +762,8 @@ TITLES = {
     5: "5. per biller, posted at the biller = the hub's posted bills = the hub's payable",
     6: "6. per currency, what processors took = what the hub holds or owes",
     7: "7. no 5xx answer, ever",
+    8: "8. FX: a quote pays once; the FX position and spread = what the standing FX payments converted",
+    9: "9. webhooks: every event delivered or dead, each attempt sent once, signed, as the receiver saw it",
 }
 
 
@@ -608,7 +777,11 @@ def coverage(hub: Hub, books: Books) -> str:
     return (
         f"{len(hub.payments)} payments, {len(hub.refunds)} refunds, {len(hub.attempts)} attempts, "
         f"{len(hub.system_accounts('customer_balance'))} balances, {external} processor records, "
-        f"{len(books.postings)} biller postings"
+        f"{len(books.postings)} biller postings, "
+        f"{sum(1 for p in hub.payments.values() if fx_of(p) is not None)} FX bill payments, "
+        f"{len(hub.deliveries)} webhook deliveries "
+        f"({sum(1 for d in hub.deliveries if d['status'] == 'delivered')} delivered, "
+        f"{sum(d['attempts'] for d in hub.deliveries)} attempts, {len(books.webhooks)} received)"
     )
 
 
@@ -639,7 +812,9 @@ class Figures:
             status = op.status
             if status is not None and 200 <= status < 300:
                 figures.acknowledged += 1
-            figures.five_xx += sum(1 for t in op.tries if t.status is not None and t.status >= 500)
+            figures.five_xx += sum(
+                1 for t in op.tries if t.status is not None and t.status >= 500 and not t.rates_stale
+            )
             figures.cut += int(any(t.status is None for t in op.tries))
             figures.rate_limited += sum(1 for t in op.tries if t.status == 429)
         for v in violations:

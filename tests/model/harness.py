@@ -92,12 +92,23 @@ def prepare_config(directory: Path) -> Path:
         if not found:
             raise RuntimeError(f"{path}: no risk rule {rule} to put in shadow mode")
     text += MODEL_RISK_RULES
+    # Webhooks: retried within seconds, not hours, so every delivery ends before the checks run; the
+    # lease outlasts the time-out so a live worker's attempt is never taken over.
+    text, found = re.subn(r"(?m)^\[webhooks\]$", "[webhooks]\n" + MODEL_WEBHOOKS, text, count=1)
+    if not found:
+        text += "\n[webhooks]\n" + MODEL_WEBHOOKS
     if "[connectors.iso8583_card]" not in text:
         text += f"\n[connectors.iso8583_card]\nread_timeout = {CARD_READ_TIMEOUT}\n"
     path.write_text(text)
     return path
 
 
+MODEL_WEBHOOKS = """interval = 0.1
+timeout = 3.0
+lease = 6.0
+backoff_base = 0.2
+backoff_cap = 1.0
+"""
 CHALLENGED = "cus_model_challenge"
 REVIEWED = "cus_model_review"
 PHONE = "+8613800138000"
@@ -249,8 +260,20 @@ class Try:
 
     @property
     def retry_later(self) -> bool:
-        """409 request_in_progress or 429: not an answer to the request, ask again."""
-        return self.in_progress or self.status == 429
+        """409 request_in_progress, 429, or 503 rates_stale (a gateway just restarted has not read
+        the FX feed yet): not an answer to the request, ask again."""
+        return self.in_progress or self.status == 429 or self.rates_stale
+
+    @property
+    def rates_stale(self) -> bool:
+        return self.status == 503 and self._code() == "rates_stale"
+
+    def _code(self) -> str | None:
+        body = self.body
+        if not isinstance(body, dict) or not isinstance(body.get("error"), dict):
+            return None
+        code = body["error"].get("code")
+        return code if isinstance(code, str) else None
 
     @property
     def in_progress(self) -> bool:

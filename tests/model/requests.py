@@ -22,6 +22,7 @@ TIMEOUT = "4000000000000119"
 # Bank account endings: settles by callback; poll only; rejected; calls back twice.
 BANK_SUFFIXES = ("1111", "4321", "0005", "0002", "0009")
 UTILITY_BILLERS = ("bil_cn_power", "bil_cn_water", "bil_cn_gas")
+FX_BILLER = "bil_us_power"  # billed in USD, paid in CNY with a quote
 # Utility account endings: posted; rejected at posting (refunded); posting times out then confirmed;
 # no dues.
 POSTED, REJECTED, LATE, NO_DUES = "4567", "9999", "7777", "0000"
@@ -79,3 +80,7 @@ def utility_bill(biller: str, account_number: str, bill_ref: str) -> dict[str, A
 
 def phone(msisdn: str) -> dict[str, Any]:
     return {"biller": "bil_cn_mobile", "customer_params": {"msisdn": msisdn}}
+
+
+def fx_quote(to_amount: int) -> dict[str, Any]:
+    return {"from_currency": "CNY", "to_currency": "USD", "to_amount": to_amount}

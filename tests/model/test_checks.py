@@ -30,6 +30,7 @@ def payment(pid: str, **fields: Any) -> dict[str, Any]:
         "connector_reference": None,
         "biller": None,
         "bill_posting": None,
+        "bill": None,
         "destination_account": None,
         "failure_code": None,
     }
@@ -153,3 +154,71 @@ def test_unbalanced_transactions_and_unfinished_payments_are_named() -> None:
     violations = found(h, books([charge("att_s", 0)]))
     assert {(v.invariant, v.objects[0]) for v in violations} == {(1, "pay_s"), (2, "ltx_1")}
     assert checks.Figures.of(History(), violations, crashes=0, steps=0).stuck == 1
+
+
+FX = {
+    "quote": "fxq_1",
+    "from_amount": 1000,
+    "from_currency": "CNY",
+    "to_amount": 140,
+    "to_currency": "USD",
+    "fee": 6,
+}
+US_PAYABLE = "sys_acme_biller_payable_bil_us_power_USD"
+FX_CNY, FX_USD, SPREAD = "sys_acme_fx_default_CNY", "sys_acme_fx_default_USD", "sys_acme_fees_fx_spread_CNY"
+
+
+def fx_hub(payments: list[dict[str, Any]], entries: dict[tuple[str, str], int]) -> checks.Hub:
+    h = hub(payments, [a for p in payments for a in fx_attempts(p["id"])], entries)
+    h.accounts[US_PAYABLE] = account(US_PAYABLE, "biller_payable", "bil_us_power") | {"currency": "USD"}
+    h.accounts[FX_CNY] = account(FX_CNY, "fx", "default")
+    h.accounts[FX_USD] = account(FX_USD, "fx", "default") | {"currency": "USD"}
+    h.accounts[SPREAD] = account(SPREAD, "fees", "fx_spread")
+    return h
+
+
+def fx_attempts(pid: str) -> list[dict[str, Any]]:
+    return [attempt(f"att_{pid}", pid), attempt(f"att_p{pid}", pid, "post_bill", "bil_us_power")]
+
+
+def fx_posting(pid: str) -> dict[str, Any]:
+    return {
+        "reference": f"att_p{pid}",
+        "biller": "bil_us_power",
+        "currency": "USD",
+        "posted": 140,
+        "status": "posted",
+    }
+
+
+def fx_bill(pid: str, quote: str = "fxq_1") -> dict[str, Any]:
+    return payment(
+        pid, biller="bil_us_power", bill_posting={"status": "posted"}, bill={"fx": FX | {"quote": quote}}
+    )
+
+
+FX_ENTRIES = {
+    (CARD_RECEIVABLE, "available"): -1000,
+    (FX_CNY, "available"): 994,
+    (SPREAD, "available"): 6,
+    (FX_USD, "available"): -140,
+    (US_PAYABLE, "available"): 140,
+}
+
+
+def test_an_fx_bill_paid_at_its_quote_passes_and_a_short_fx_position_is_money_lost() -> None:
+    ok = fx_hub([fx_bill("pay_f")], FX_ENTRIES)
+    assert found(ok, books([charge("att_pay_f", 1000)], [fx_posting("pay_f")])) == []
+    short = fx_hub([fx_bill("pay_f")], FX_ENTRIES | {(FX_CNY, "available"): 990, (CLEARING, "available"): 4})
+    violations = found(short, books([charge("att_pay_f", 1000)], [fx_posting("pay_f")]))
+    assert [(v.invariant, v.objects[0]) for v in violations] == [(8, "fx:CNY")]
+
+
+def test_one_quote_paying_two_payments_is_a_duplicate() -> None:
+    entries = {key: 2 * total for key, total in FX_ENTRIES.items()}
+    h = fx_hub([fx_bill("pay_f"), fx_bill("pay_g")], entries)
+    b = books(
+        [charge("att_pay_f", 1000), charge("att_pay_g", 1000)], [fx_posting("pay_f"), fx_posting("pay_g")]
+    )
+    violations = found(h, b)
+    assert [(v.invariant, v.duplicates) for v in violations] == [(8, 1)]

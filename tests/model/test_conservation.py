@@ -31,6 +31,7 @@ from tests.model import checks
 from tests.model import requests as rq
 from tests.model.actions import IN_FLIGHT, SLOW_IN_FLIGHT, Actions, Profile, World
 from tests.model.harness import Client, History, Loop, Sandbox, Stack
+from tests.model.receiver import model_receiver
 
 PROFILES = {
     # Hypothesis's swarm testing sometimes enables little more than the kill rule in an example; the
@@ -141,6 +142,8 @@ class ConservationMachine(Actions, RuleBasedStateMachine):
         for by in ("bank", "wallet", "balance"):
             made += self.do_bill("bil_cn_water", prefix + rq.POSTED, by, account)
         made += self.do_bill("bil_cn_gas", prefix + rq.REJECTED, "balance", account)
+        for suffix, by in ((rq.POSTED, "balance"), (rq.REJECTED, "card"), (rq.LATE, "bank")):
+            made += self.do_fx_bill(prefix + suffix, by, account)
         made += self.do_phone(rq.MSISDNS[0], 3000, "card", None) + self.do_phone(
             rq.MSISDNS[2], 1000, "card", None
         )
@@ -275,6 +278,18 @@ class ConservationMachine(Actions, RuleBasedStateMachine):
 
     @rule(
         target=payments,
+        suffix=st.sampled_from(rq.BILL_SUFFIXES),
+        prefix=st.integers(100_000, 999_999),
+        by=st.sampled_from(["card", "balance", *rq.BILL_METHODS]),
+        account=st.none() | accounts,
+    )
+    @live
+    def fx_bill_payment(self, suffix: str, prefix: int, by: str, account: str | None) -> Any:
+        """A USD bill paid in CNY with a quote (docs/fx.md)."""
+        return multiple(*self.do_fx_bill(f"{prefix}{suffix}", by, account))
+
+    @rule(
+        target=payments,
         msisdn=st.sampled_from(rq.MSISDNS),
         amount=st.sampled_from(rq.DENOMINATIONS),
         by=st.sampled_from(["card", "card", *rq.BILL_METHODS]),
@@ -352,6 +367,7 @@ class ConservationMachine(Actions, RuleBasedStateMachine):
         )
         hub = self.run(checks.read_hub(world.pool))
         books = checks.Books.of(self.run(world.sandbox.books()))
+        books.webhooks = world.receiver.receipts()
         world.record(checks.check(hub, books, world.history) + self.step_violations + self.answers)
         world.record([checks.Violation(0, ("gateway",), exit_) for exit_ in world.stack.unexpected_exits])
         world.stack.unexpected_exits.clear()
@@ -374,13 +390,28 @@ def world(payhub_home: Path, db_url: str, tmp_path: Path) -> Iterator[World]:
     client = Client(stack, PkiPaths(payhub_home / "pki"), history)
     ops = Client(stack, PkiPaths(payhub_home / "pki"), history, tenant="ops")
     sandbox = Sandbox(stack)
+    receiver = model_receiver()
     try:
         loop.run(stack.start())
         loop.run(sandbox.wallet_never_pays_by_itself())
+        endpoint = loop.run(
+            client.call(
+                "webhook endpoint",
+                "POST",
+                "/v1/webhook_endpoints",
+                {"url": receiver.url, "enabled_events": ["*"]},
+                keyed=False,
+            )
+        )
+        assert endpoint.status == 200, endpoint.summary()
+        receiver.secret = endpoint.field("secret")
         pool: asyncpg.Pool = loop.run(_pool(db_url))
-        yield World(loop, stack, client, ops, sandbox, pool, history, PROFILES[PROFILE_NAME], tmp_path)
+        yield World(
+            loop, stack, client, ops, sandbox, pool, history, PROFILES[PROFILE_NAME], tmp_path, receiver
+        )
         loop.run(pool.close())
     finally:
+        receiver.stop()
         loop.run(client.close())
         loop.run(ops.close())
         loop.run(sandbox.close())

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from crypto.pki import PkiPaths
+from gateway.server import RunningGateway
+from tests.e2e.test_bola import make_acme_objects
 from tests.support.api import Api, Reply, card_payment
 
 # Every PAN the matrix sends: none may come back in any answer.
@@ -259,23 +261,9 @@ def ok(reply: Reply) -> dict[str, Any]:
     return dict(reply.body)
 
 
-async def acme_objects(acme: Api) -> dict[str, str]:
+async def acme_objects(acme: Api, gw: RunningGateway) -> dict[str, str]:
     """One of each of acme's objects, by the kinds tests/e2e/test_bola.py probes."""
-    authorized = ok(await acme.post("/v1/payments", card_payment(capture_method="manual")))
-    captured = ok(await acme.post("/v1/payments", card_payment(amount=9000)))
-    refund = ok(await acme.post("/v1/refunds", {"payment": captured["id"], "amount": 1000}))
-    card = {"number": PANS[1], "exp_month": 3, "exp_year": 2031}
-    token = ok(await acme.post("/v1/tokens", {"card": card}))
-    account = ok(await acme.post("/v1/accounts", {"currency": "CNY", "customer": "cus_acme"}))
-    events = (await acme.get("/v1/events", object=captured["id"])).body["data"]
-    return {
-        "payment": authorized["id"],
-        "captured": captured["id"],
-        "refund": refund["id"],
-        "token": token["id"],
-        "event": events[0]["id"],
-        "account": account["id"],
-    }
+    return await make_acme_objects(acme, gw)
 
 
 def topup_body() -> dict[str, Any]:

@@ -271,7 +271,7 @@ async def test_bola(gw: RunningGateway, acme: Api, globex: Api) -> None:
     """globex's certificate on acme's objects, through every route with an id (probes shared with
     tests/e2e/test_bola.py): 404, as for an id that exists nowhere, and acme's objects unchanged."""
     attack = MATRIX.attack("BOLA")
-    ids = await acme_objects(acme)
+    ids = await acme_objects(acme, gw)
     routed = routes_with_ids(gw)
     for method, template in sorted(routed - set(PROBES) - NOT_TENANT_OBJECTS):
         with attack.case(f"{method} {template}") as problems:
@@ -351,7 +351,7 @@ READ_ONLY: dict[str, dict[str, Any]] = {
 
 async def test_mass_assignment(gw: RunningGateway, acme: Api) -> None:
     attack = MATRIX.attack("mass assignment")
-    ids = await acme_objects(acme)
+    ids = await acme_objects(acme, gw)
     card = {"number": PANS[1], "exp_month": 3, "exp_year": 2031}
     targets: dict[str, tuple[str, dict[str, Any]]] = {
         "/v1/payments": ("/v1/payments", card_payment()),
@@ -721,7 +721,7 @@ PREFIX = {"payments": "pay_", "refunds": "re_", "events": "evt_", "accounts": "a
 async def test_nul_and_odd_digits(gw: RunningGateway, acme: Api, ops: Api) -> None:
     attack = MATRIX.attack("NUL and odd digits")
     pool = gw.api[DB_POOL]
-    ids = await acme_objects(acme)
+    ids = await acme_objects(acme, gw)
 
     async def manual() -> str:
         return str(ok(await acme.post("/v1/payments", card_payment(capture_method="manual")))["id"])

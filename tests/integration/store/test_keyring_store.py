@@ -47,20 +47,21 @@ async def test_concurrent_bootstrap_creates_one_key_per_purpose(db_url: str) -> 
     finally:
         for c in conns:
             await c.close()
-    assert rows == [(1, "pan", KEK.kek_id), (2, "fingerprint", KEK.kek_id)]
+    assert rows == [(1, "pan", KEK.kek_id), (2, "fingerprint", KEK.kek_id), (3, "secret", KEK.kek_id)]
     assert all(_material(k) == _material(keyrings[0]) for k in keyrings)  # everybody got the same keys
     assert keyrings[0].current("pan").kid == 1
     assert keyrings[0].current("fingerprint").kid == 2
+    assert keyrings[0].current("secret").kid == 3
 
 
 async def test_load_is_idempotent_and_refuses_a_wrong_kek(conn: asyncpg.Connection) -> None:
     first = await load_keyring(conn, KEK)
     again = await load_keyring(conn, KEK)
     assert _material(first) == _material(again)
-    assert len(await _rows(conn)) == 2
+    assert len(await _rows(conn)) == 3
     with pytest.raises(KeyringError, match=f"wrapped by KEK {KEK.kek_id}.*{NEW_KEK.kek_id}"):
         await load_keyring(conn, NEW_KEK)
-    assert len(await _rows(conn)) == 2  # nothing written under the wrong KEK
+    assert len(await _rows(conn)) == 3  # nothing written under the wrong KEK
 
 
 async def test_rotation_while_serving(db_url: str) -> None:
@@ -73,32 +74,33 @@ async def test_rotation_while_serving(db_url: str) -> None:
         )
 
         new_kid = await rotate(operator, KEK)
-        assert new_kid == 3
+        assert new_kid == 4
         assert await _rows(operator) == [
             (1, "pan", KEK.kek_id),
             (2, "fingerprint", KEK.kek_id),
-            (3, "pan", KEK.kek_id),
+            (3, "secret", KEK.kek_id),
+            (4, "pan", KEK.kek_id),
         ]
 
         # Another process (fresh load) encrypts new cards under the new version...
         after = await load_keyring(operator, KEK)
-        assert after.current("pan").kid == 3
+        assert after.current("pan").kid == 4
         assert after.current("fingerprint").kid == 2  # fingerprint key untouched by a pan rotation
         new_card = await vault_card(
             operator, after, tenant="acme", pan="5555555555554444", exp_month=12, exp_year=YEAR
         )
         kids = {r["id"]: r["kid"] for r in await operator.fetch("SELECT id, kid FROM card_tokens")}
-        assert kids == {old_card.token_id: 1, new_card.token_id: 3}
+        assert kids == {old_card.token_id: 1, new_card.token_id: 4}
 
-        # ... and the serving cache, loaded before the rotation, reads both (refreshing on kid 3).
-        assert 3 not in cache.keyring
+        # ... and the serving cache, loaded before the rotation, reads both (refreshing on kid 4).
+        assert 4 not in cache.keyring
         assert (
             await reveal_pan(serving, cache, tenant="acme", token_id=old_card.token_id) == "4111111111111111"
         )
         assert (
             await reveal_pan(serving, cache, tenant="acme", token_id=new_card.token_id) == "5555555555554444"
         )
-        assert cache.keyring.current("pan").kid == 3  # new encryption now uses the new key
+        assert cache.keyring.current("pan").kid == 4  # new encryption now uses the new key
         assert _material(cache.keyring)[1] == _material(before)[1]  # old versions kept
     finally:
         await serving.close()
@@ -113,35 +115,35 @@ async def test_rotate_to_a_new_kek_rewraps_every_key(conn: asyncpg.Connection) -
     wrapped_before = await _wrapped(conn)
 
     kid = await rotate(conn, KEK, new_kek=NEW_KEK)
-    assert kid == 3
+    assert kid == 4
     assert {kek_id for _, _, kek_id in await _rows(conn)} == {NEW_KEK.kek_id}
     wrapped_after = await _wrapped(conn)
     assert all(wrapped_after[k] != wrapped_before[k] for k in wrapped_before)
 
     rewrapped = await load_keyring(conn, NEW_KEK)
-    assert {k: v for k, v in _material(rewrapped).items() if k != 3} == _material(original)
+    assert {k: v for k, v in _material(rewrapped).items() if k != 4} == _material(original)
     with pytest.raises(KeyringError, match="wrapped by KEK"):
         await load_keyring(conn, KEK)
     cache = KeyringCache(NEW_KEK)
     assert await reveal_pan(conn, cache, tenant="acme", token_id=card.token_id) == "4111111111111111"
 
     # Re-running the same KEK rotation (e.g. after a crash that hid the outcome) is accepted.
-    assert await rotate(conn, KEK, new_kek=NEW_KEK) == 4
-    assert (await load_keyring(conn, NEW_KEK)).kids == [1, 2, 3, 4]
+    assert await rotate(conn, KEK, new_kek=NEW_KEK) == 5
+    assert (await load_keyring(conn, NEW_KEK)).kids == [1, 2, 3, 4, 5]
 
 
 async def test_explicit_fingerprint_rotation(conn: asyncpg.Connection) -> None:
     keyring = await load_keyring(conn, KEK)
     card = await vault_card(conn, keyring, tenant="acme", pan="4111111111111111", exp_month=12, exp_year=YEAR)
-    assert await rotate(conn, KEK, purpose="fingerprint") == 3
+    assert await rotate(conn, KEK, purpose="fingerprint") == 4
     rotated = await load_keyring(conn, KEK)
-    assert rotated.current("fingerprint").kid == 3
+    assert rotated.current("fingerprint").kid == 4
     assert rotated.current("pan").kid == 1
     again = await vault_card(
         conn, rotated, tenant="acme", pan="4111111111111111", exp_month=12, exp_year=YEAR
     )
     # The documented cost of a fingerprint rotation: the card no longer matches its old token.
-    assert again.fingerprint_kid == 3
+    assert again.fingerprint_kid == 4
     assert again.token_id != card.token_id
 
 
@@ -206,4 +208,4 @@ async def test_cache_max_age(conn: asyncpg.Connection) -> None:
     assert await cache.current(conn) is first
     now[0] = 31.0
     refreshed = await cache.current(conn)
-    assert refreshed.current("pan").kid == 3
+    assert refreshed.current("pan").kid == 4
