@@ -861,9 +861,13 @@ class PaymentService:
         if result is not None and result.outcome is ConnectorOutcome.SUCCEEDED:
             decision = Decision(store.PaymentUpdate(Status.CANCELED), "succeeded", "payment.canceled", 0)
             async with self._pool.acquire() as conn, conn.transaction():
-                return await self._settler.payment(
+                outcome = await self._settler.payment(
                     conn, tenant, payment_id, attempt_id, decision, caller=caller, action="payment.cancel"
                 )
+                # A wallet order closed unpaid can never be paid: its authorization attempt is over
+                # (not polled on until its back-off runs out). A card's was settled long before.
+                await store.end_authorizations(conn, payment_id=payment_id, status="failed")
+                return outcome
         # The connector refused or was unreachable: nothing changed there, so undo our claim.
         back = previous or (Status.REQUIRES_CAPTURE if row.amount_authorized > 0 else Status.REQUIRES_ACTION)
         async with self._pool.acquire() as conn, conn.transaction():

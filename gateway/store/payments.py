@@ -656,6 +656,16 @@ async def end_attempt(conn: Connection, *, attempt_id: str, status: str) -> None
     )
 
 
+async def end_authorizations(conn: Connection, *, payment_id: str, status: str) -> None:
+    """Close the payment's authorize attempts still in flight (a wallet order closed by a cancel)."""
+    await conn.execute(
+        "UPDATE payment_attempts SET status = $2, next_check = NULL "
+        "WHERE payment_id = $1 AND operation = 'authorize' AND status IN ('started', 'pending', 'unknown')",
+        payment_id,
+        status,
+    )
+
+
 async def lock_attempt_status(conn: Connection, *, attempt_id: str) -> str | None:
     status: str | None = await conn.fetchval(
         "SELECT status FROM payment_attempts WHERE id = $1 FOR UPDATE", attempt_id

@@ -222,3 +222,32 @@ def test_one_quote_paying_two_payments_is_a_duplicate() -> None:
     )
     violations = found(h, b)
     assert [(v.invariant, v.duplicates) for v in violations] == [(8, 1)]
+
+
+def test_webhooks_lost_stuck_duplicated_or_unconfirmed_are_reported() -> None:
+    from datetime import UTC, datetime
+
+    from tests.model.receiver import Receipt
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    h = hub([], [], {})
+    h.endpoints = [
+        {"id": "we_1", "tenant": "acme", "enabled_events": ["*"], "status": "enabled", "created": at}
+    ]
+    h.events = [
+        {"id": f"evt_{n}", "tenant": "acme", "type": "payment.succeeded", "created": at} for n in range(4)
+    ]
+    h.deliveries = [
+        {"id": "d0", "event_id": "evt_0", "endpoint_id": "we_1", "status": "delivered", "attempts": 1},
+        {"id": "d1", "event_id": "evt_1", "endpoint_id": "we_1", "status": "pending", "attempts": 3},
+        {"id": "d2", "event_id": "evt_2", "endpoint_id": "we_1", "status": "delivered", "attempts": 2},
+    ]  # evt_3 has no delivery at all
+    b = books([])
+    b.webhooks = [
+        Receipt("evt_0", "payment.succeeded", "d0", 1, True, 200, 0.0),
+        Receipt("evt_0", "payment.succeeded", "d0", 1, True, 200, 0.0),  # the same attempt twice
+        Receipt("evt_2", "payment.succeeded", "d2", 1, True, 500, 0.0),  # never a 2xx, yet "delivered"
+    ]
+    violations = [v for v in found(h, b) if v.invariant == 9]
+    assert sorted(v.objects[0] for v in violations) == ["d0", "evt_1", "evt_2", "evt_3"]
+    assert sum(v.duplicates for v in violations) == 1
