@@ -279,6 +279,7 @@ class WebhookSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     interval: float = 0.2  # how often the worker looks for due deliveries
     batch: int = 100  # at most this many deliveries claimed per statement
     concurrency: int = 32  # POSTs in flight per process
+    per_endpoint: int = 8  # at most this many of one endpoint's deliveries per claim (fairness)
     timeout: float = 10.0  # total time for one POST (connect, send, answer)
     lease: float = 60.0  # a claimed delivery is another worker's again after this (a crash)
     backoff_base: float = 5.0  # first retry after about this long, then doubling…
@@ -531,7 +532,7 @@ def _validate_webhooks(webhooks: WebhookSettings, fail: Callable[[str, str], Con
             raise fail(f"webhooks.{key}", "must be positive")
     if not webhooks.rotation_overlap >= 0:
         raise fail("webhooks.rotation_overlap", "must not be negative")
-    for key in ("batch", "concurrency"):
+    for key in ("batch", "concurrency", "per_endpoint"):
         if getattr(webhooks, key) < 1:
             raise fail(f"webhooks.{key}", "must be at least 1")
     if webhooks.lease <= webhooks.timeout:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -120,17 +121,26 @@ async def run(args: argparse.Namespace) -> None:
 LAG_SAMPLES: list[float] = []
 
 
+BENCH_ENDPOINT = "make bench receiver"
+LEFT_BY_A_RUN = re.compile(r"http://127\.0\.0\.1:[0-9]+/payhub")
+API = "https://localhost:8443/v1/webhook_endpoints"
+
+
 async def subscribe(ctx: object) -> WebhookReceiver:
-    """A local receiver (load/webhook_receiver.py) subscribed to every acme event type."""
+    """A local receiver (load/webhook_receiver.py) subscribed to every acme event type. Endpoints an
+    earlier run left (its receiver is gone) are deleted first: retries to them would be measured too."""
     receiver = WebhookReceiver().start()
-    body = {"url": receiver.url, "enabled_events": ["*"]}
-    async with (
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,  # type: ignore[arg-type]
-        session.post("https://localhost:8443/v1/webhook_endpoints", json=body) as resp,
-    ):
-        created = await resp.json()
-        if resp.status != 200:
-            raise SystemExit(f"cannot subscribe the receiver: {created}")
+    body = {"url": receiver.url, "enabled_events": ["*"], "description": BENCH_ENDPOINT}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:  # type: ignore[arg-type]
+        async with session.get(API, params={"limit": "100"}) as resp:
+            for endpoint in (await resp.json())["data"]:
+                if endpoint.get("description") == BENCH_ENDPOINT or LEFT_BY_A_RUN.fullmatch(endpoint["url"]):
+                    async with session.delete(f"{API}/{endpoint['id']}") as gone:
+                        await gone.read()
+        async with session.post(API, json=body) as resp:
+            created = await resp.json()
+            if resp.status != 200:
+                raise SystemExit(f"cannot subscribe the receiver: {created}")
     receiver.secret = created["secret"]
     return receiver
 

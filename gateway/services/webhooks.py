@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -50,6 +51,7 @@ log = get_logger("gateway.webhooks")
 ENDPOINT_PREFIX = "we"
 # The dead-letter gauge is a count over the table: refreshed this often, not every pass.
 DEAD_COUNT_INTERVAL = 15.0
+LAG_INTERVAL = 1.0  # the outbox lag gauge is refreshed at most this often (one query)
 MAX_ERROR_TEXT = 200
 
 
@@ -279,16 +281,34 @@ class Dispatcher:
         self._dev_mode = dev_mode
         self._user_agent = user_agent
         self._dead_counted_at = float("-inf")
+        self._lag_measured_at = float("-inf")
 
     async def claim(self, limit: int) -> list[store.ClaimedDelivery]:
+        """Up to ``limit`` due deliveries, round-robin over endpoints: each round takes at most
+        ``per_endpoint`` of each one, and another round runs while some endpoint filled its share
+        (it may have more due). One endpoint alone still gets every free slot; a dead endpoint's
+        backlog gets no more than its share while others wait."""
+        share = self._settings.per_endpoint
+        claimed: list[store.ClaimedDelivery] = []
         async with self._pool.acquire() as conn:
-            return await store.claim_due(conn, lease=self._settings.lease, limit=limit)
+            while len(claimed) < limit:
+                got = await store.claim_due(
+                    conn, lease=self._settings.lease, limit=limit - len(claimed), per_endpoint=share
+                )
+                claimed += got
+                if max(Counter(c.endpoint_id for c in got).values(), default=0) < share:
+                    break
+        return claimed
 
     async def measure(self) -> None:
-        """Outbox lag every pass; the dead-letter count every DEAD_COUNT_INTERVAL seconds."""
+        """The outbox lag at most every LAG_INTERVAL seconds; the dead-letter count every
+        DEAD_COUNT_INTERVAL seconds."""
+        now = time.monotonic()
+        if now - self._lag_measured_at < LAG_INTERVAL:
+            return
+        self._lag_measured_at = now
         async with self._pool.acquire() as conn:
             self._metrics.webhook_outbox_lag.set(await store.outbox_lag(conn))
-            now = time.monotonic()
             if now - self._dead_counted_at >= DEAD_COUNT_INTERVAL:
                 self._metrics.webhook_dead_deliveries.set(await store.dead_count(conn))
                 self._dead_counted_at = now

@@ -276,18 +276,27 @@ async def deliveries_of(conn: Connection, *, tenant: str, event_id: str) -> list
 
 # ---- the delivery worker -------------------------------------------------------------------------
 
+# Fair claims: each enabled endpoint (in random order) offers at most $3 of its due deliveries,
+# oldest due first, so a dead endpoint's backlog of retries cannot starve the healthy endpoints
+# behind it (head-of-line blocking); within an endpoint, deliveries go out in the order they fell
+# due. Rows another claimer holds are skipped, not waited for.
 _CLAIM = """
-WITH claimed AS (
-    UPDATE webhook_deliveries SET locked_until = now() + make_interval(secs => $1), attempts = attempts + 1
-    WHERE id IN (
+WITH picked AS (
+    SELECT d.id
+    FROM (SELECT id FROM webhook_endpoints WHERE status = 'enabled' ORDER BY random()) w
+    CROSS JOIN LATERAL (
         SELECT id FROM webhook_deliveries
-        WHERE status = 'pending' AND next_attempt <= now()
+        WHERE endpoint_id = w.id AND status = 'pending' AND next_attempt <= now()
           AND (locked_until IS NULL OR locked_until < now())
-        ORDER BY created, id
-        LIMIT $2
+        ORDER BY next_attempt, created
+        LIMIT $3
         FOR UPDATE SKIP LOCKED
-    )
-    RETURNING id, event_id, endpoint_id, attempts, created
+    ) d
+    LIMIT $2
+), claimed AS (
+    UPDATE webhook_deliveries SET locked_until = now() + make_interval(secs => $1), attempts = attempts + 1
+    WHERE id IN (SELECT id FROM picked)
+    RETURNING id, event_id, endpoint_id, attempts, next_attempt, created
 )
 SELECT c.id, c.attempts, c.endpoint_id, w.tenant, w.url,
        w.secret_kid, w.secret_nonce, w.secret_sealed,
@@ -298,14 +307,16 @@ SELECT c.id, c.attempts, c.endpoint_id, w.tenant, w.url,
 FROM claimed c
 JOIN webhook_endpoints w ON w.id = c.endpoint_id
 JOIN events e ON e.id = c.event_id
-ORDER BY c.created, c.id
+ORDER BY c.next_attempt, c.created
 """
 
 
-async def claim_due(conn: Connection, *, lease: float, limit: int) -> list[ClaimedDelivery]:
-    """Lease up to ``limit`` due deliveries, oldest first, counting the attempt; safe to run from
-    any number of processes at once (rows another claimer holds are skipped, not waited for)."""
-    rows = await conn.fetch(_CLAIM, lease, limit)
+async def claim_due(
+    conn: Connection, *, lease: float, limit: int, per_endpoint: int
+) -> list[ClaimedDelivery]:
+    """Lease up to ``limit`` due deliveries (at most ``per_endpoint`` of one endpoint), counting the
+    attempt; safe to run from any number of processes at once."""
+    rows = await conn.fetch(_CLAIM, lease, limit, per_endpoint)
     claimed: list[ClaimedDelivery] = []
     for row in rows:
         secret = _sealed(row["secret_kid"], row["secret_nonce"], row["secret_sealed"])

@@ -106,10 +106,12 @@ async def webhook_session(
 
 
 async def run_webhooks(dispatcher: Dispatcher, settings: WebhookSettings) -> None:
+    """Claim while slots are free and deliveries are due; with every slot busy, wait for the first
+    to finish (not a whole interval); with nothing due, sleep ``interval``."""
     inflight: set[asyncio.Task[Attempt]] = set()
     try:
         while True:
-            full = False
+            more = False
             try:
                 await dispatcher.measure()
                 free = settings.concurrency - len(inflight)
@@ -122,11 +124,17 @@ async def run_webhooks(dispatcher: Dispatcher, settings: WebhookSettings) -> Non
                         )
                         inflight.add(task)
                         task.add_done_callback(_finished(inflight))
-                    full = len(claimed) == limit
+                    more = len(claimed) == limit  # there may be more due
+                else:
+                    more = True
             except Exception as exc:
                 log.warning("webhooks.pass_failed", error=type(exc).__name__)
-            if not full or len(inflight) >= settings.concurrency:
+            if not more:
                 await asyncio.sleep(settings.interval)
+            elif len(inflight) >= settings.concurrency:
+                await asyncio.wait(
+                    set(inflight), timeout=settings.interval, return_when=asyncio.FIRST_COMPLETED
+                )
     finally:
         for task in inflight:
             task.cancel()

@@ -113,7 +113,7 @@ async def test_concurrent_claimers_never_get_the_same_attempt(db_url: str) -> No
 
         async def claim_all(conn: Connection) -> list[store.ClaimedDelivery]:
             got: list[store.ClaimedDelivery] = []
-            while batch := await store.claim_due(conn, lease=60.0, limit=7):
+            while batch := await store.claim_due(conn, lease=60.0, limit=7, per_endpoint=8):
                 got.extend(batch)
             return got
 
@@ -132,14 +132,14 @@ async def test_concurrent_claimers_never_get_the_same_attempt(db_url: str) -> No
 async def test_lease_result_guard_and_retry(conn: asyncpg.Connection) -> None:
     await _endpoint(conn, "acme", ["*"])
     event_id = await _event(conn, "acme", "payment.succeeded")
-    [first] = await store.claim_due(conn, lease=60.0, limit=10)
+    [first] = await store.claim_due(conn, lease=60.0, limit=10, per_endpoint=8)
     assert first.event_id == event_id and first.attempt == 1
-    assert await store.claim_due(conn, lease=60.0, limit=10) == []  # leased: nobody else takes it
+    assert await store.claim_due(conn, lease=60.0, limit=10, per_endpoint=8) == []  # leased: nobody else takes it
 
     # The lease runs out (the worker died): the next claim makes attempt 2, and a late answer to
     # attempt 1 changes nothing.
     await conn.execute("UPDATE webhook_deliveries SET locked_until = now() - interval '1 second'")
-    [second] = await store.claim_due(conn, lease=60.0, limit=10)
+    [second] = await store.claim_due(conn, lease=60.0, limit=10, per_endpoint=8)
     assert second.attempt == 2
     assert not await store.record_delivered(conn, delivery_id=first.id, attempt=1, status=200)
     assert (
@@ -148,7 +148,7 @@ async def test_lease_result_guard_and_retry(conn: asyncpg.Connection) -> None:
         )
         == "pending"
     )
-    assert await store.claim_due(conn, lease=60.0, limit=10) == []  # backing off
+    assert await store.claim_due(conn, lease=60.0, limit=10, per_endpoint=8) == []  # backing off
     row = await conn.fetchrow("SELECT next_attempt - now() AS wait, last_status FROM webhook_deliveries")
     assert row is not None and 25 < row["wait"].total_seconds() <= 30 and row["last_status"] == 500
 
@@ -157,9 +157,23 @@ async def test_past_the_deadline_a_failure_is_dead(conn: asyncpg.Connection) -> 
     await _endpoint(conn, "acme", ["*"], window=0.001)
     await _event(conn, "acme", "payment.succeeded")
     await asyncio.sleep(0.01)
-    [claimed] = await store.claim_due(conn, lease=60.0, limit=10)
+    [claimed] = await store.claim_due(conn, lease=60.0, limit=10, per_endpoint=8)
     status = await store.record_failed(
         conn, delivery_id=claimed.id, attempt=claimed.attempt, backoff=5.0, status=None, error="timeout"
     )
     assert status == "dead"
     assert await store.dead_count(conn) == 1
+
+
+async def test_a_dead_endpoints_backlog_does_not_starve_a_healthy_one(conn: asyncpg.Connection) -> None:
+    """Claims are per endpoint (at most ``per_endpoint`` each): the older backlog of one endpoint
+    leaves room for the other's newest delivery in the same claim."""
+    await _endpoint(conn, "acme", ["payment.failed"])  # its receiver is down: a backlog builds up
+    healthy = await _endpoint(conn, "acme", ["payment.succeeded"])
+    for _ in range(40):
+        await _event(conn, "acme", "payment.failed")
+    fresh = await _event(conn, "acme", "payment.succeeded")
+    claimed = await store.claim_due(conn, lease=60.0, limit=10, per_endpoint=4)
+    by_endpoint = Counter(c.endpoint_id for c in claimed)
+    assert by_endpoint[healthy] == 1 and [c.event_id for c in claimed if c.endpoint_id == healthy] == [fresh]
+    assert sorted(by_endpoint.values()) == [1, 4]
