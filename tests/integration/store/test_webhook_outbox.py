@@ -134,7 +134,8 @@ async def test_lease_result_guard_and_retry(conn: asyncpg.Connection) -> None:
     event_id = await _event(conn, "acme", "payment.succeeded")
     [first] = await store.claim_due(conn, lease=60.0, limit=10, per_endpoint=8)
     assert first.event_id == event_id and first.attempt == 1
-    assert await store.claim_due(conn, lease=60.0, limit=10, per_endpoint=8) == []  # leased: nobody else takes it
+    # leased: nobody else takes it
+    assert await store.claim_due(conn, lease=60.0, limit=10, per_endpoint=8) == []
 
     # The lease runs out (the worker died): the next claim makes attempt 2, and a late answer to
     # attempt 1 changes nothing.
