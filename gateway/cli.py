@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("migrate", help="apply pending SQL migrations (idempotent)")
+    commands.add_parser(
+        "demo",
+        help="scripted tour against a gateway it starts itself (bill, OTP, top-up, balance, refund, webhook)",
+    )
 
     pki = commands.add_parser("pki", help="dev PKI: CA, server and client certificates, CRL")
     pki_commands = pki.add_subparsers(dest="pki_command", required=True)
@@ -256,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys(settings, args)
         if args.command == "recon":
             return _recon(settings, args)
+        if args.command == "demo":
+            from gateway.demo import demo
+
+            return demo(settings)
         from gateway.server import sandbox_forever, serve_forever
 
         if args.command == "sandbox":
