@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PAYHUB_HOME ?= $(CURDIR)/var
 
-.PHONY: install run test verify lint format bench clean
+.PHONY: install deps-system run test verify lint format bench docker-test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +15,30 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# System packages the tests use: promtool and prometheus (Debian's `prometheus`) for tests/ops.
+# Idempotent: apt-get runs only when a binary is missing, and only as root or with password-less sudo;
+# elsewhere it says so and the tests that need them skip with the reason.
+SYSTEM_BINARIES := promtool prometheus
+SYSTEM_PACKAGES := prometheus
+deps-system:
+	@missing=; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "deps-system: no apt-get; install$$missing yourself (tests that need them skip)"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else echo "deps-system: not root and no password-less sudo; install $(SYSTEM_PACKAGES) yourself (tests that need$$missing skip)"; exit 0; fi; \
+	echo "deps-system: installing $(SYSTEM_PACKAGES) (for$$missing)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$sudo apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null \
+	  || { $$sudo apt-get update -q -o DPkg::Lock::Timeout=300 >/dev/null && $$sudo apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; } \
+	  || echo "deps-system: apt-get could not install $(SYSTEM_PACKAGES) (tests that need$$missing skip)"
+
 run: $(STAMP)
 	$(BIN)/payhub pki init
 	exec $(BIN)/payhub serve --sandbox
 
-test: $(STAMP)
+test: $(STAMP) deps-system
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Long profiles: the model-based conservation checker (tests/model: hundreds of steps, >= 20 kill -9),
@@ -38,6 +57,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m load.bench $(BENCH_ARGS)
+
+# Slow, not part of `make test`: build the Docker image (base from debootstrap, no registry needed) and run it
+# against a fresh database on the local PostgreSQL: /healthz, /v1/ping over mTLS, healthcheck, JSON-only logs.
+docker-test: $(STAMP)
+	VENV=$(VENV) deploy/docker-test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

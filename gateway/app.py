@@ -107,7 +107,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _audit_sealer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     key = load_seal_key(settings.keys_dir)
-    loop = run_sealer(app[DB_POOL], key, settings.server.audit_seal_interval)
+    loop = run_sealer(app[DB_POOL], key, settings.server.audit_seal_interval, app[METRICS])
     async with background(loop, name="audit-sealer"):
         yield
 

@@ -153,6 +153,21 @@ class Metrics:
             registry=r, multiprocess_mode="max",
         )  # fmt: skip
 
+        self.oldest_processing_payment_age = Gauge(
+            "payhub_oldest_processing_payment_age_seconds",
+            "Seconds since the oldest payment still processing last changed (0: none), set by the resolver",
+            registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        # Audit sealing (gateway/workers/audit_sealer.py): committed events not yet linked into the chain.
+        self.audit_unsealed_events = Gauge(
+            "payhub_audit_unsealed_events", "Committed audit events not yet linked into the hash chain",
+            registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.audit_seal_lag = Gauge(
+            "payhub_audit_seal_lag_seconds", "Age of the oldest audit event not yet sealed (0: none)",
+            registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+
         self.risk_decisions = Counter(
             "payhub_risk_decisions", "Risk decisions by decision (allow, challenge, review, block)",
             ["decision"], registry=r,

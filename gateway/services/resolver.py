@@ -97,6 +97,11 @@ class Resolver:
         self.health.passed()
         return len(due)
 
+    async def oldest_processing_age(self) -> float:
+        """Seconds the longest-waiting ``processing`` payment has not moved (0: none), for the metrics."""
+        async with self._pool.acquire() as conn:
+            return await store.oldest_processing_age(conn)
+
     async def _resolve(self, attempt: Any) -> bool:
         operation, started = attempt.operation, attempt.status == "started"
         if operation in ("post_bill", "reverse_bill"):

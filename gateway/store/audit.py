@@ -139,6 +139,31 @@ async def seal_batch(conn: Connection, key: SealKey, *, limit: int = 1000) -> Se
 
 
 @dataclass(frozen=True)
+class SealBacklog:
+    """Committed events not linked into the chain yet, and the age of the oldest (0.0: none)."""
+
+    events: int
+    oldest_age: float
+
+
+async def seal_backlog(conn: Connection) -> SealBacklog:
+    """What the sealer has still to do, for the metrics. Cheap while it keeps up: only events at or
+    above the last watermark can be unsealed (``seal_batch``), an index range on ``audit_events_xid``."""
+    row = await conn.fetchrow(
+        """
+        SELECT count(*) AS events, extract(epoch FROM now() - min(e.at))::float8 AS oldest_age
+        FROM audit_events e
+        WHERE e.xid >= coalesce(
+                (SELECT watermark FROM audit_checkpoints ORDER BY position DESC LIMIT 1), '0'::xid8)
+          AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.seq = e.seq)
+        """
+    )
+    assert row is not None  # an aggregate always returns one row
+    age = row["oldest_age"]
+    return SealBacklog(int(row["events"]), max(float(age), 0.0) if age is not None else 0.0)
+
+
+@dataclass(frozen=True)
 class Tampered:
     position: int
     seq: int | None

@@ -637,6 +637,18 @@ async def claim_due_attempts(conn: Connection, *, limit: int) -> list[Attempt]:
     return [Attempt(*row) for row in await conn.fetch(_DUE, limit)]
 
 
+async def oldest_processing_age(conn: Connection) -> float:
+    """Seconds since the longest-waiting ``processing`` payment last moved, across tenants (0: none).
+
+    For the operator metric: one probe of the partial index ``payments_processing``. The status is a
+    literal, not a parameter, so that even a generic prepared plan can use that index.
+    """
+    age = await conn.fetchval(
+        "SELECT extract(epoch FROM now() - min(updated))::float8 FROM payments WHERE status = 'processing'"
+    )
+    return max(float(age), 0.0) if age is not None else 0.0
+
+
 async def recheck_later(conn: Connection, *, attempt_id: str, delay: float) -> None:
     await conn.execute(
         "UPDATE payment_attempts SET next_check = now() + make_interval(secs => $2) "
