@@ -150,12 +150,14 @@ async def _notifications(app: web.Application) -> AsyncIterator[None]:
     config = settings.notifications
     app[PREFERENCES] = PreferencesService(app[DB_POOL], default_lead_days=config.default_lead_days)
     app[REMINDERS] = ReminderService(app[DB_POOL], app[BILLERS], config)
-    app[MESSAGES] = MessageDispatcher(app[DB_POOL], MessageSender(settings, app[OUTBOUND]), config)
+    app[MESSAGES] = MessageDispatcher(
+        app[DB_POOL], MessageSender(settings, app[OUTBOUND]), config, metrics=app[METRICS]
+    )
     if not config.enabled:
         yield
         return
     async with (
-        background(run_reminders(app[REMINDERS], config.scheduler_interval), name="reminders"),
+        background(run_reminders(app[REMINDERS], config.scheduler_interval, app[METRICS]), name="reminders"),
         background(run_messages(app[MESSAGES], config.message_interval), name="messages"),
     ):
         yield

@@ -203,6 +203,17 @@ class Metrics:
             registry=r, multiprocess_mode="max",
         )  # fmt: skip
 
+        # Reminders and messages to people (gateway/workers/reminders.py, docs/notifications.md).
+        self.reminder_notices = Counter(
+            "payhub_reminder_notices", "bill.due_soon notices emitted, and bill checks that failed",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.notification_messages = Counter(
+            "payhub_notification_messages", "SMS and e-mail to people by channel and outcome "
+            "(sent, deferred for quiet hours, retry, dead)",
+            ["channel", "outcome"], registry=r,
+        )  # fmt: skip
+
     def watch_pool(self, stats: Callable[[], tuple[int, int, int] | None]) -> None:
         self.registry.register(PoolCollector(stats))
 

@@ -25,6 +25,7 @@ from config.settings import NotificationSettings
 from connectors.base import ConnectorError
 from gateway.domain.notifications import DEFAULT_LOCALE, message_body, quiet_until, zone_of
 from gateway.logs import get_logger
+from gateway.metrics import Metrics
 from gateway.services.reminders import Clock, utc_now
 from gateway.store import reminders as store
 from gateway.store.reminders import DueMessage
@@ -46,9 +47,11 @@ class MessageDispatcher:
         settings: NotificationSettings,
         *,
         clock: Clock = utc_now,
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
         self._sender = sender
+        self._metrics = metrics
         self.settings = settings
         self.clock = clock
 
@@ -72,6 +75,7 @@ class MessageDispatcher:
             if quiet_end is not None:
                 async with self._pool.acquire() as conn:
                     await store.message_deferred(conn, message_id=message.id, not_before=quiet_end)
+                self._count(message.channel, "deferred")
                 return 0
         locale = prefs.locale if prefs is not None else DEFAULT_LOCALE
         body = message_body(message.event_type, message.event_data, locale)
@@ -83,7 +87,12 @@ class MessageDispatcher:
             return 0
         async with self._pool.acquire() as conn:
             await store.message_sent(conn, message_id=message.id, body=body, now=self.clock())
+        self._count(message.channel, "sent")
         return 1
+
+    def _count(self, channel: str, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.notification_messages.labels(channel, outcome).inc()
 
     async def _failed(self, message: DueMessage, now: datetime, error: str) -> None:
         retry_at: datetime | None = now + timedelta(seconds=self._backoff(message.attempts))
@@ -101,6 +110,7 @@ class MessageDispatcher:
         )
         async with self._pool.acquire() as conn:
             await store.message_failed(conn, message_id=message.id, error=error, retry_at=retry_at)
+        self._count(message.channel, "retry" if retry_at is not None else "dead")
 
     def _backoff(self, attempts: int) -> float:
         exponent = min(max(attempts - 1, 0), 30)

@@ -9,17 +9,20 @@ from __future__ import annotations
 import asyncio
 
 from gateway.logs import get_logger
+from gateway.metrics import Metrics
 from gateway.services.messages import MessageDispatcher
 from gateway.services.reminders import ReminderService
 
 log = get_logger("gateway.workers.reminders")
 
 
-async def run_reminders(service: ReminderService, interval: float) -> None:
+async def run_reminders(service: ReminderService, interval: float, metrics: Metrics) -> None:
     """Check due bill reminders every ``interval`` seconds (DESIGN §10: claimed, never doubled)."""
     while True:
         try:
             result = await service.run_once()
+            metrics.reminder_notices.labels("noticed").inc(result.noticed)
+            metrics.reminder_notices.labels("check_failed").inc(result.failed)
             if result.noticed or result.failed:
                 log.info(
                     "reminders.pass",

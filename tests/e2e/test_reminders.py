@@ -20,7 +20,7 @@ from config.settings import Settings
 from connectors.sandbox import messages as message_sandbox
 from connectors.sandbox.common import FAULTS
 from crypto.pki import PkiPaths
-from gateway.keys import BILLERS, DB_POOL, MESSAGES, REMINDERS
+from gateway.keys import BILLERS, DB_POOL, MESSAGES, METRICS, REMINDERS
 from gateway.server import RunningGateway
 from gateway.services.reminders import ReminderService
 from tests.e2e.test_money_flows import balance_payment
@@ -146,6 +146,13 @@ async def test_a_bill_due_within_the_lead_days_is_reminded_once(stack: Stack) ->
     assert messages[0].channel == "sms"
     assert "0031234567" not in messages[0].body
     assert event["due_date"] in messages[0].body
+    # Counted for the dashboard (gateway/metrics.py): one notice, one SMS sent.
+    registry = stack.gw.api[METRICS].registry
+    assert registry.get_sample_value("payhub_reminder_notices_total", {"outcome": "noticed"}) == 1
+    assert (
+        registry.get_sample_value("payhub_notification_messages_total", {"channel": "sms", "outcome": "sent"})
+        == 1
+    )
 
 
 async def test_a_bill_further_off_than_the_lead_days_is_not_reminded(stack: Stack) -> None:
