@@ -208,6 +208,13 @@ class BillPayment:
     bill_ref: str | None = None
 
 
+# A status answer's ``code`` when the biller has no record of the reference at all. Asked after our
+# time-out (and again a little later), it proves the posting did not happen there, so posting again
+# under the same reference is safe: the biller de-duplicates on the reference if the first one lands
+# after all. A biller that lost its records in a restart answers this too.
+REFERENCE_NOT_FOUND = "reference_not_found"
+
+
 @dataclass(frozen=True, slots=True)
 class BillPosting:
     outcome: Outcome  # SUCCEEDED, FAILED (code says why) or PENDING (ask status later)

@@ -37,6 +37,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from connectors.base import (
+    REFERENCE_NOT_FOUND,
     AmountNotAllowed,
     Bill,
     BillerInfo,
@@ -385,7 +386,7 @@ def posting_from_status(answer: Mapping[str, str], reference: str) -> BillPostin
     if code == "STATUS_NOT_FOUND":
         # Not (yet) received: a pay still in flight may land later. Pending until a reversal
         # (which the biller records even for unknown references) makes it definite.
-        return BillPosting(Outcome.PENDING, None, "reference_not_found", answer.get("msg"))
+        return BillPosting(Outcome.PENDING, None, REFERENCE_NOT_FOUND, answer.get("msg"))
     return BillPosting(Outcome.PENDING, None, f"unknown_code:{code}", answer.get("msg"))
 
 

@@ -26,6 +26,7 @@ import asyncpg
 import orjson
 
 from connectors.base import (
+    REFERENCE_NOT_FOUND,
     BillerConnector,
     BillerInfo,
     BillPayment,
@@ -68,6 +69,9 @@ log = get_logger("gateway.bills")
 
 # Status inquiries before the terminal policy: with the resolver's back-off that is about an hour.
 GIVE_UP_AFTER_TRIES = 25
+# A posting the biller says it never received is sent again (same reference) from the second
+# inquiry on (``tries`` counts inquiries): the first may overtake a request still in flight.
+REPOST_AFTER_TRIES = 2
 PENDING_RECHECK = 5.0  # seconds before the first status inquiry of a posting without an answer
 MANUAL_RECHECK = 86400.0  # a posting in the manual queue is looked at again once a day
 
@@ -158,10 +162,12 @@ class BillPoster:
         """Settle a post (or reversal) attempt left unfinished; True when it became definite.
 
         A post attempt still ``started`` (its request crashed) is sent again, same reference. An
-        unknown one is asked about; after ``GIVE_UP_AFTER_TRIES`` inquiries (about an hour of
-        back-off) the biller's terminal policy applies: a reversal (冲正) with the same reference
-        where the biller supports it — reversed → the money goes back; reversal refused → the
-        posting stood — otherwise the posting goes to the operators' manual queue.
+        unknown one is asked about; a biller that answers it has no record of the reference (from
+        the second inquiry on) gets it again, same reference. After ``GIVE_UP_AFTER_TRIES``
+        inquiries (about an hour of back-off) the biller's terminal policy applies: a reversal (冲正)
+        with the same reference where the biller supports it — reversed → the money goes back;
+        reversal refused → the posting stood — otherwise the posting goes to the operators' manual
+        queue.
         """
         tenant, payment_id, biller = attempt.tenant, attempt.payment_id, attempt.connector
         if attempt.operation == "reverse_bill":
@@ -175,6 +181,12 @@ class BillPoster:
         except ConnectorError:
             return False
         if result.outcome is Outcome.PENDING:
+            if result.code == REFERENCE_NOT_FOUND and attempt.tries >= REPOST_AFTER_TRIES:
+                # The biller has no record of the posting (never received, or lost in a restart):
+                # nothing happened there, so post again under the same reference.
+                log.info("bill.repost", payment=payment_id, attempt=attempt.id, tries=attempt.tries)
+                await self.post(tenant, payment_id)
+                return True
             if attempt.tries < GIVE_UP_AFTER_TRIES:
                 return False
             try:

@@ -239,6 +239,38 @@ async def test_a_posting_that_never_becomes_definite_is_reversed_and_refunded(
     await ledger_is_consistent(running.gw)
 
 
+async def test_a_posting_the_biller_lost_is_posted_again_under_the_same_reference(
+    acme: Api, running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #16's scenario: the posting timed out, then the biller restarted without its records.
+    Its "no such reference" proves nothing was posted, so the hub posts again, same reference; the
+    payment ends posted, once, instead of being polled on for an hour and reversed."""
+    from gateway.services import bills
+
+    monkeypatch.setattr(bills, "PENDING_RECHECK", 0.5)  # the first inquiry soon after the time-out
+    bill = await open_bill(acme, "0031247777")
+    paid = await acme.post("/v1/payments", bill_payment("0031247777", bill))
+    assert paid.body["bill_posting"]["status"] == "pending", paid.body
+    [reference] = running.utility.postings
+    running.utility.postings.clear()  # the biller restarted and lost its book
+    payment = paid.body
+    for _ in range(100):
+        await asyncio.sleep(0.2)
+        payment = (await acme.get(f"/v1/payments/{paid.body['id']}")).body
+        if payment["status"] != "processing":
+            break
+    assert (payment["status"], payment["bill_posting"]["status"]) == ("succeeded", "posted"), payment
+    assert list(running.utility.postings) == [reference]  # posted again under the same reference
+    assert running.utility.postings[reference].status == "SUCCESS"
+    async with running.gw.api[DB_POOL].acquire() as conn:
+        posts = await conn.fetch(
+            "SELECT id, status FROM payment_attempts WHERE payment_id = $1 AND operation = 'post_bill'",
+            payment["id"],
+        )
+    assert [(p["id"], p["status"]) for p in posts] == [(reference, "succeeded")]
+    await ledger_is_consistent(running.gw)
+
+
 async def test_daily_reconciliation_runs_each_biller_once(running: Running) -> None:
     from gateway.workers.daily_recon import reconcile_due
 

@@ -1,0 +1,3 @@
+from payhub_billpay.cli import main
+
+raise SystemExit(main())
