@@ -351,6 +351,19 @@ async def journey(page: Any, checker: Checker, stack: Stack) -> None:
     available = await page.locator("#balance-available").inner_text()
     assert "600.00" not in available, available  # the water bill came off the balance
 
+    # 7b. A phone top-up (a bill payment to the operator) with the saved card.
+    await page.get_by_role("link", name="Bills", exact=True).click()
+    await page.get_by_label("Phone number").fill("+8613812345678")
+    await page.get_by_label("30.00 CNY").check()
+    await page.get_by_label(re.compile(r"Saved card")).first.check()
+    await page.get_by_role("button", name="Continue").click()
+    await expect(page.locator("#confirm-phone")).to_have_text("+86138•••••678")
+    await checker.check("confirm-phone-top-up")
+    await page.get_by_role("button", name="Pay now").click()
+    await expect(page).to_have_url(re.compile(r"/payments/pay_[A-Za-z0-9]+$"))
+    await wait_for_text(page, "#payment-status", "succeeded")
+    await checker.check("phone-topped-up")
+
     # 8. Dark theme and larger text, kept across a reload (applied by the server in <html>).
     await page.get_by_role("link", name="Preferences", exact=True).click()
     await page.get_by_label("Dark").check()

@@ -34,6 +34,8 @@ _ZH = {
     "Biller": "缴费单位",
     "Account number": "户号",
     "Fetch bill": "查询账单",
+    "Phone top-up": "话费充值",
+    "Phone number": "手机号码",
     "Saved bill accounts": "常用户号",
     "Amount": "金额",
     "Due date": "到期日",

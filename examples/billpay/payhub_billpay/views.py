@@ -341,6 +341,8 @@ async def bills_page(request: web.Request) -> web.Response:
             "saved": saved,
             "selected": request.query.get("biller", ""),
             "error": None,
+            "phone_billers": [b for b in catalog if b["category"] == "telecom_prepaid"],
+            **method_choices(request, user),
         },
     )
 
@@ -521,12 +523,58 @@ async def bill_review(request: web.Request) -> web.Response:
     return redirect("/bills/confirm")
 
 
+def mask_phone(msisdn: str) -> str:
+    return f"{msisdn[:6]}•••••{msisdn[-3:]}" if len(msisdn) > 9 else msisdn
+
+
+@login_required
+async def phone_review(request: web.Request) -> web.Response:
+    """A phone top-up: a bill payment to a telecom_prepaid biller, for one of its denominations."""
+    user = current_user(request)
+    form = await request.post()
+    biller = await biller_by_id(request, form_str(form, "biller"))
+    if biller is None or biller["category"] != "telecom_prepaid":
+        raise web.HTTPBadRequest(text="Unknown operator.")
+    msisdn = re.sub(r"[\s-]", "", form_str(form, "msisdn"))
+    amount = int(form_str(form, "denomination")) if form_str(form, "denomination").isdigit() else 0
+    error = None
+    if not PHONE.fullmatch(msisdn):
+        error = "Phone number: + and the country code, e.g. +8613812345678."
+    elif amount not in biller.get("denominations", []):
+        error = "Choose one of the amounts offered."
+    method: dict[str, Any] = {}
+    label = ""
+    if error is None:
+        try:
+            method, label = await payment_method_from_form(request, user, form)
+        except ValueError as exc:
+            error = str(exc)
+    if error:
+        return render("bill_error.html", request, {"error": error, "biller": biller["id"]}, 400)
+    session(request)["draft"] = {
+        "kind": "phone",
+        "biller": biller["id"],
+        "biller_name": biller["name"],
+        "msisdn": msisdn,
+        "amount": amount,
+        "amount_due": amount,
+        "currency": biller["currency"],
+        "method": method,
+        "method_label": label,
+    }
+    mark_dirty(request)
+    return redirect("/bills/confirm")
+
+
 @login_required
 async def bill_confirm_page(request: web.Request) -> web.Response:
     draft = session(request).get("draft")
     if not draft:
         return redirect("/bills")
-    return render("confirm.html", request, {"draft": draft, "masked": mask_account(draft["account_number"])})
+    masked = (
+        mask_phone(draft["msisdn"]) if draft.get("kind") == "phone" else mask_account(draft["account_number"])
+    )
+    return render("confirm.html", request, {"draft": draft, "masked": masked})
 
 
 async def wait_settled(request: web.Request, payment_id: str, seconds: float = 8.0) -> dict[str, Any]:
@@ -555,19 +603,25 @@ async def bill_pay(request: web.Request) -> web.Response:
     mark_dirty(request)
     if not draft:
         return redirect("/bills")
+    if draft.get("kind") == "phone":
+        bill: dict[str, Any] = {"biller": draft["biller"], "customer_params": {"msisdn": draft["msisdn"]}}
+        description, shown = f"{draft['biller_name']} top-up", mask_phone(draft["msisdn"])
+    else:
+        bill = {
+            "biller": draft["biller"],
+            "customer_params": {"account_number": draft["account_number"]},
+            "bill_ref": draft["bill_ref"],
+        }
+        description, shown = f"{draft['biller_name']} bill", mask_account(draft["account_number"])
     try:
         payment = await hub(request).payments.create(
             amount=draft["amount"],
             currency=draft["currency"],
             payment_method=draft["method"],
             customer=customer_block(request, user),
-            bill={
-                "biller": draft["biller"],
-                "customer_params": {"account_number": draft["account_number"]},
-                "bill_ref": draft["bill_ref"],
-            },
-            description=f"{draft['biller_name']} bill",
-            metadata={"biller": draft["biller"], "account": mask_account(draft["account_number"])},
+            bill=bill,
+            description=description,
+            metadata={"biller": draft["biller"], "account": shown},
         )
     except errors.PayhubError as exc:
         return render("bill_error.html", request, {"error": error_text(exc), "biller": draft["biller"]}, 400)
@@ -1001,6 +1055,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/bills/fetch", bill_fetch)
     r.add_post("/bills/save", bill_save)
     r.add_post("/bills/review", bill_review)
+    r.add_post("/bills/phone", phone_review)
     r.add_get("/bills/confirm", bill_confirm_page)
     r.add_post("/bills/pay", bill_pay)
     r.add_get("/payments/{id}", payment_detail)
