@@ -29,6 +29,7 @@ from gateway.api.events import MAX_OBJECT_ID_LENGTH, MAX_TYPE_LENGTH
 from gateway.api.lists import DEFAULT_LIMIT, MAX_LIMIT
 from gateway.api.payments import METHODS, STATUSES
 from gateway.api.ping import PingRequest, PingResponse
+from gateway.api.refunds import MAX_PAYMENT_ID_LENGTH
 from gateway.api.routes import CLIENT_OR_OPERATOR, add
 from gateway.domain.money import EXPONENTS
 from gateway.services.idempotent import MAX_KEY_LENGTH
@@ -350,6 +351,23 @@ OPERATIONS: tuple[Operation, ...] = (
         links={
             "GetRefund": _link("getRefund", path__id=_ID),
             "GetRefundedPayment": _link("getPayment", path__id="$response.body#/payment"),
+        },
+    ),
+    Operation(
+        "GET",
+        "/v1/refunds",
+        "listRefunds",
+        "Refunds, newest first (of one payment with `payment`)",
+        "refunds",
+        None,
+        list_of=schemas.Refund,
+        query=(
+            *LIST_PARAMS,
+            _text_param("payment", "Only refunds of this payment id.", max_length=MAX_PAYMENT_ID_LENGTH),
+        ),
+        links={
+            "GetFirstRefund": _link("getRefund", path__id=_FIRST_ID),
+            "RefundsAfter": _link("listRefunds", query__starting_after=_FIRST_ID),
         },
     ),
     Operation("GET", "/v1/refunds/{id}", "getRefund", "Read a refund", "refunds", schemas.Refund),

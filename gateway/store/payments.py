@@ -456,6 +456,34 @@ async def get_refund(conn: Connection, *, tenant: str, refund_id: str) -> Refund
     )
 
 
+async def list_refunds(
+    conn: Connection,
+    *,
+    tenant: str,
+    payment_id: str | None,
+    limit: int,
+    starting_after: str | None,
+    ending_before: str | None,
+) -> tuple[list[Refund], bool]:
+    """The tenant's refunds newest first (of one payment when given), keyset-paginated on (created, id)."""
+    where = Filters(tenant)
+    where.add("payment_id", "=", payment_id)
+    rows, has_more = await newest_first(
+        conn,
+        table="refunds",
+        columns=REFUND_COLUMNS,
+        filters=where,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+    )
+    return [Refund(*row) for row in rows], has_more
+
+
+async def refund_exists(conn: Connection, *, tenant: str, refund_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM refunds WHERE id = $1 AND tenant = $2", refund_id, tenant))
+
+
 async def insert_event(
     conn: Connection, *, event_id: str, tenant: str, type_: str, object_id: str, data: str
 ) -> None:

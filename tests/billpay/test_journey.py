@@ -91,10 +91,14 @@ def artifacts() -> Path:
 
 
 class Stack:
-    def __init__(self, app_url: str, messages_url: str, logs: Path) -> None:
+    def __init__(
+        self, app_url: str, messages_url: str, logs: Path, hub_url: str = "", home: Path | None = None
+    ) -> None:
         self.app_url = app_url
         self.messages_url = messages_url
         self.logs = logs
+        self.hub_url = hub_url  # the tenant's back office calls the hub directly (refunds)
+        self.home = home
 
 
 @pytest.fixture
@@ -117,7 +121,13 @@ async def stack(payhub_home: Path, db_url: str, tmp_path: Path) -> AsyncIterator
         app_url = f"http://127.0.0.1:{app_port}"
         await wait_http(app_url + "/login", app, tmp_path / "app.log")
         print(f"\nhub log: {tmp_path / 'hub.log'}\napp log: {tmp_path / 'app.log'}")
-        yield Stack(app_url, f"http://127.0.0.1:{messages_port}", tmp_path)
+        yield Stack(
+            app_url,
+            f"http://127.0.0.1:{messages_port}",
+            tmp_path,
+            f"https://localhost:{api_port}",
+            payhub_home,
+        )
     finally:
         for process in (app, hub):
             if process is not None and process.poll() is None:
@@ -334,6 +344,7 @@ async def journey(page: Any, checker: Checker, stack: Stack) -> None:
     await page.get_by_role("button", name="Top up").click()
     await expect(page.locator("#balance-available")).to_contain_text("600.00")
     await checker.check("balance-topped-up")
+    topup_id = re.search(r"topup=(pay_[A-Za-z0-9]+)", page.url).group(1)  # type: ignore[union-attr]
     await page.get_by_role("link", name="Bills", exact=True).click()
     await page.get_by_label("China City Water (water)").check()  # bil_cn_water
     await page.get_by_label("Account number").fill("0031234567")
@@ -363,6 +374,23 @@ async def journey(page: Any, checker: Checker, stack: Stack) -> None:
     await expect(page).to_have_url(re.compile(r"/payments/pay_[A-Za-z0-9]+$"))
     await wait_for_text(page, "#payment-status", "succeeded")
     await checker.check("phone-topped-up")
+
+    # 7c. The tenant's back office refunds 10.00 of the top-up (off the balance); the payment page lists it.
+    from payhub_client import AsyncPayhub
+
+    assert stack.home is not None
+    pki = stack.home / "pki"
+    async with AsyncPayhub(
+        url=stack.hub_url,
+        cert=str(pki / "clients" / "acme.pem"),
+        key=str(pki / "clients" / "acme.key"),
+        cacert=str(pki / "ca.pem"),
+    ) as back_office:
+        refund = await back_office.refunds.create(payment=topup_id, amount=1000)
+    await page.goto(f"{stack.app_url}/payments/{topup_id}")
+    await expect(page.get_by_role("heading", name="Refunds")).to_be_visible()
+    await expect(page.get_by_role("row").filter(has_text=refund.id)).to_contain_text("10.00")
+    await checker.check("payment-with-refund")
 
     # 8. Dark theme and larger text, kept across a reload (applied by the server in <html>).
     await page.get_by_role("link", name="Preferences", exact=True).click()

@@ -178,6 +178,8 @@ SMUGGLED: dict[str, Probe] = {
     "events before acme's event": _list_probe("/v1/events", ending_before="event"),
     "webhook endpoints after acme's": _list_probe("/v1/webhook_endpoints", starting_after="webhook_endpoint"),
     "webhook endpoints before acme's": _list_probe("/v1/webhook_endpoints", ending_before="webhook_endpoint"),
+    "refunds after acme's": _list_probe("/v1/refunds", starting_after="refund"),
+    "refunds before acme's": _list_probe("/v1/refunds", ending_before="refund"),
     "reminders after acme's": _list_probe("/v1/reminders", starting_after="reminder"),
     "reminders before acme's": _list_probe("/v1/reminders", ending_before="reminder"),
     "low-balance alert on acme's balance": _body_probe(

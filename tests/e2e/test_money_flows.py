@@ -54,6 +54,17 @@ async def test_manual_capture_partial_then_refunds(acme: Api, gw: RunningGateway
     assert (payment.body["amount_captured"], payment.body["amount_refunded"]) == (6000, 6000)
     fetched = await acme.get(f"/v1/refunds/{refund.body['id']}")
     assert fetched.body == refund.body
+    # The payment's refunds, newest first; one per page, then the next by cursor.
+    other = await acme.post("/v1/payments", card_payment(amount=700))
+    await acme.post("/v1/refunds", {"payment": other.body["id"]})
+    listed = await acme.get("/v1/refunds", payment=pid)
+    assert [r["id"] for r in listed.body["data"]] == [rest.body["id"], refund.body["id"]]
+    first = await acme.get("/v1/refunds", payment=pid, limit=1)
+    assert ([r["id"] for r in first.body["data"]], first.body["has_more"]) == ([rest.body["id"]], True)
+    after = await acme.get("/v1/refunds", payment=pid, limit=1, starting_after=rest.body["id"])
+    assert ([r["id"] for r in after.body["data"]], after.body["has_more"]) == ([refund.body["id"]], False)
+    assert len((await acme.get("/v1/refunds")).body["data"]) == 3
+    assert (await acme.get("/v1/refunds", payment="x" * 65)).body["error"]["param"] == "payment"
     await ledger_is_consistent(gw)
 
 

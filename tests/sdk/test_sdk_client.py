@@ -62,6 +62,7 @@ async def test_card_payment_refund_and_token(hub: AsyncPayhub, unique: str) -> N
     refund = await hub.refunds.create(payment=payment.id, amount=2850, reason="requested_by_customer")
     assert (refund.status, refund.amount, refund.payment) == ("succeeded", 2850, payment.id)
     assert (await hub.refunds.get(refund.id)).id == refund.id
+    assert [r.id async for r in hub.refunds.list(payment=payment.id)] == [refund.id]
     assert (await hub.payments.get(payment.id)).amount_refunded == 2850
 
     token = await hub.tokens.create(card=CARD)

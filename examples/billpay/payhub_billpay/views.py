@@ -691,10 +691,22 @@ async def payment_detail(request: web.Request) -> web.Response:
     biller_id = (payment.get("metadata") or {}).get("biller")  # the hub's payment does not echo the bill
     if isinstance(biller_id, str):
         biller = await biller_by_id(request, biller_id)
+    refunds = (
+        await first_n(hub(request).refunds.list(payment=payment["id"], limit=20), 20)
+        if payment.get("amount_refunded")
+        else []
+    )
     return render(
         "payment.html",
         request,
-        {"payment": payment, "qr": qr, "action": action, "posting": posting, "biller": biller},
+        {
+            "payment": payment,
+            "qr": qr,
+            "action": action,
+            "posting": posting,
+            "biller": biller,
+            "refunds": refunds,
+        },
     )
 
 

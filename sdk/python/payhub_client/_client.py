@@ -294,6 +294,19 @@ class Refunds(_Resource):
     async def get(self, refund_id: str) -> Refund:
         return await self._call("GET", f"/v1/refunds/{path_id(refund_id)}", Refund)
 
+    def list(
+        self,
+        payment: str | None = None,
+        *,
+        limit: int | None = None,
+        starting_after: str | None = None,
+        ending_before: str | None = None,
+    ) -> AsyncPager[Refund]:
+        """Refunds newest first; of one payment with ``payment``."""
+        return self._list(
+            "/v1/refunds", Refund, payment=payment, **_page_params(limit, starting_after, ending_before)
+        )
+
 
 class Accounts(_Resource):
     async def create(

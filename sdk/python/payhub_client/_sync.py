@@ -136,6 +136,7 @@ class SyncPayments(_SyncResource):
 class SyncRefunds(_SyncResource):
     create = _blocking(Refunds.create)
     get = _blocking(Refunds.get)
+    list = _paging(Refunds.list)
 
 
 class SyncAccounts(_SyncResource):
