@@ -456,6 +456,19 @@ async def payment_method_from_form(  # noqa: PLR0912 (one branch per payment met
     raise ValueError("Choose a payment method.")
 
 
+async def checked_method(
+    request: web.Request, user: User, form: Any, error: str | None
+) -> tuple[dict[str, Any], str, str | None]:
+    """The form's payment method when the rest of the form is fine: (method, label, error)."""
+    if error is not None:
+        return {}, "", error
+    try:
+        method, label = await payment_method_from_form(request, user, form)
+    except ValueError as exc:
+        return {}, "", str(exc)
+    return method, label, None
+
+
 @login_required
 async def bill_review(request: web.Request) -> web.Response:
     user = current_user(request)
@@ -484,13 +497,7 @@ async def bill_review(request: web.Request) -> web.Response:
         error = "Pay at least the amount due."
     elif exactness == "exact_or_below" and amount > bill["amount_due"]:
         error = "Pay at most the amount due."
-    method: dict[str, Any] = {}
-    label = ""
-    if error is None:
-        try:
-            method, label = await payment_method_from_form(request, user, form)
-        except ValueError as exc:
-            error = str(exc)
+    method, label, error = await checked_method(request, user, form, error)
     if error:
         return render(
             "bill.html",
@@ -542,13 +549,7 @@ async def phone_review(request: web.Request) -> web.Response:
         error = "Phone number: + and the country code, e.g. +8613812345678."
     elif amount not in biller.get("denominations", []):
         error = "Choose one of the amounts offered."
-    method: dict[str, Any] = {}
-    label = ""
-    if error is None:
-        try:
-            method, label = await payment_method_from_form(request, user, form)
-        except ValueError as exc:
-            error = str(exc)
+    method, label, error = await checked_method(request, user, form, error)
     if error:
         return render("bill_error.html", request, {"error": error, "biller": biller["id"]}, 400)
     session(request)["draft"] = {
