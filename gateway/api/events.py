@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.api.common import json_response
-from gateway.api.lists import page_params, render_list, unknown_cursor
+from gateway.api.lists import page_params, refuse_unknown_cursor, render_list
 from gateway.api.routes import CLIENT, add
 from gateway.keys import DB_POOL
 from gateway.middlewares import require_identity
@@ -60,13 +60,7 @@ async def list_events(request: web.Request) -> web.Response:
             starting_after=page.starting_after,
             ending_before=page.ending_before,
         )
-        # An empty page is either the end of the list or a cursor that is not the caller's.
-        if (
-            page.cursor is not None
-            and not rows
-            and not await store.event_exists(conn, tenant=identity.tenant, event_id=page.cursor[1])
-        ):
-            raise unknown_cursor("event", page.cursor)
+        await refuse_unknown_cursor(conn, page, rows, table="events", tenant=identity.tenant, what="event")
     return render_list([render_event(row) for row in rows], has_more, "/v1/events")
 
 

@@ -11,6 +11,8 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.api.common import json_response
+from gateway.store import pages
+from gateway.store.types import Connection
 from gateway.views import schemas
 
 DEFAULT_LIMIT = 10
@@ -48,6 +50,19 @@ def page_params(request: web.Request) -> Page:
 def unknown_cursor(what: str, cursor: tuple[str, str]) -> errors.NotFound:
     param, value = cursor
     return errors.NotFound(f"No such {what}: '{value}'.", param=param)
+
+
+async def refuse_unknown_cursor(
+    conn: Connection, page: Page, rows: Sequence[Any], *, table: str, tenant: str, what: str
+) -> None:
+    """An empty page is either the end of the list or a cursor that is not the caller's (404 naming
+    it); asked only for an empty page, so a page with rows costs no extra round trip."""
+    if (
+        page.cursor is not None
+        and not rows
+        and not await pages.tenant_has(conn, table=table, tenant=tenant, object_id=page.cursor[1])
+    ):
+        raise unknown_cursor(what, page.cursor)
 
 
 # Ledger entry ids are bigints shown as "le_<n>". ASCII digits only (the screen already refused

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.api.common import json_response, read_json
-from gateway.api.lists import page_params, render_list, unknown_cursor
+from gateway.api.lists import page_params, refuse_unknown_cursor, render_list
 from gateway.api.routes import CLIENT, add
 from gateway.keys import DB_POOL, HOLDS, PAYMENTS
 from gateway.middlewares import require_identity
@@ -152,10 +152,6 @@ async def list_payments(request: web.Request) -> web.Response:
         amount_lte=_int(request, "amount_lte"),
     )
     async with request.app[DB_POOL].acquire() as conn:
-        if page.cursor is not None and not await store.cursor_exists(
-            conn, tenant=identity.tenant, payment_id=page.cursor[1]
-        ):
-            raise unknown_cursor("payment", page.cursor)
         rows, has_more = await store.list_payments(
             conn,
             tenant=identity.tenant,
@@ -163,6 +159,9 @@ async def list_payments(request: web.Request) -> web.Response:
             limit=page.limit,
             starting_after=page.starting_after,
             ending_before=page.ending_before,
+        )
+        await refuse_unknown_cursor(
+            conn, page, rows, table="payments", tenant=identity.tenant, what="payment"
         )
     return render_list([render.payment(row) for row in rows], has_more, "/v1/payments")
 

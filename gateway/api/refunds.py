@@ -6,7 +6,7 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.api.common import json_response, read_json
-from gateway.api.lists import page_params, render_list, unknown_cursor
+from gateway.api.lists import page_params, refuse_unknown_cursor, render_list
 from gateway.api.payments import keyed_request, outcome_response
 from gateway.api.routes import CLIENT, add
 from gateway.keys import DB_POOL, REFUNDS
@@ -52,13 +52,7 @@ async def list_refunds(request: web.Request) -> web.Response:
             starting_after=page.starting_after,
             ending_before=page.ending_before,
         )
-        # An empty page is either the end of the list or a cursor that is not the caller's.
-        if (
-            page.cursor is not None
-            and not rows
-            and not await store.refund_exists(conn, tenant=identity.tenant, refund_id=page.cursor[1])
-        ):
-            raise unknown_cursor("refund", page.cursor)
+        await refuse_unknown_cursor(conn, page, rows, table="refunds", tenant=identity.tenant, what="refund")
     return render_list([render.refund(row) for row in rows], has_more, "/v1/refunds")
 
 

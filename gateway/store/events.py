@@ -46,8 +46,8 @@ async def list_events(
     """Newest first, keyset-paginated on (created, id); returns (page, has_more).
 
     A cursor that is not the caller's event matches no row, so the page comes back empty; the
-    caller tells "past the end" from "no such cursor" with :func:`event_exists`, which it needs
-    only for an empty page (one round trip in the common case).
+    caller tells "past the end" from "no such cursor" (gateway/api/lists.py refuse_unknown_cursor),
+    which it needs only for an empty page (one round trip in the common case).
     """
     where = Filters(tenant)
     where.add("type", "=", filters.type)

@@ -58,3 +58,11 @@ async def newest_first(
     if ending_before:
         rows.reverse()
     return rows, has_more
+
+
+async def tenant_has(conn: Connection, *, table: str, tenant: str, object_id: str) -> bool:
+    """Whether ``object_id`` is one of the tenant's rows in ``table`` (code, never input): a list tells
+    "past the end" from "no such cursor" with it, and needs it only for an empty page."""
+    return bool(
+        await conn.fetchval(f"SELECT 1 FROM {table} WHERE id = $1 AND tenant = $2", object_id, tenant)  # noqa: S608
+    )

@@ -435,12 +435,6 @@ async def list_payments(
     return [Payment.of(row) for row in rows], has_more
 
 
-async def cursor_exists(conn: Connection, *, tenant: str, payment_id: str) -> bool:
-    return bool(
-        await conn.fetchval("SELECT 1 FROM payments WHERE id = $1 AND tenant = $2", payment_id, tenant)
-    )
-
-
 REFUND_COLUMNS = (
     "id, tenant, payment_id, amount, currency, status, reason, failure_code, metadata::text, created"
 )
@@ -478,10 +472,6 @@ async def list_refunds(
         ending_before=ending_before,
     )
     return [Refund(*row) for row in rows], has_more
-
-
-async def refund_exists(conn: Connection, *, tenant: str, refund_id: str) -> bool:
-    return bool(await conn.fetchval("SELECT 1 FROM refunds WHERE id = $1 AND tenant = $2", refund_id, tenant))
 
 
 async def insert_event(

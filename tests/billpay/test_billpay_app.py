@@ -11,15 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import pytest
-
-pyotp = pytest.importorskip("pyotp")
-pytest.importorskip("aiohttp_jinja2")
-pytest.importorskip("payhub_client")
-
-from payhub_billpay import security  # noqa: E402
-from payhub_billpay.app import SESSION_COOKIE, AppConfig, create_app  # noqa: E402
-from payhub_billpay.money import format_money, parse_amount  # noqa: E402
+from payhub_billpay import security
+from payhub_billpay.app import SESSION_COOKIE, AppConfig, create_app
+from payhub_billpay.money import format_money, parse_amount
 
 
 def test_passwords_are_scrypt_hashed_and_salted() -> None:

@@ -5,8 +5,9 @@ A real ``payhub serve --sandbox`` (own PAYHUB_HOME, own database, simulators on 
 is screenshotted into the artifact directory (printed) and checked with axe-core: no serious or
 critical violation anywhere.
 
-Needs: chromium (``make deps-system``), axe-core (``make deps-node``: npm into tests/billpay/node_modules),
-the playwright Python package (dev dependency). Missing ones skip the test with the reason.
+Needs: chromium (``make deps-system``) and axe-core (``make deps-node``: npm into tests/billpay/node_modules),
+which come from apt and npm: where they cannot be installed the test skips, saying which. The Python
+packages (playwright, pyotp, the SDK) are dev dependencies: a missing one is an error, not a skip.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pyotp
 import pytest
+from playwright import async_api as playwright_api
 
 from tests.support.processes import (
     REPO,
@@ -33,11 +36,6 @@ from tests.support.processes import (
     start_payhub,
     wait_ready,
 )
-
-pyotp = pytest.importorskip("pyotp")
-playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright package is not installed")
-pytest.importorskip("payhub_client", reason="the SDK (sdk/python) is not installed")
-pytest.importorskip("aiohttp_jinja2", reason="aiohttp-jinja2 is not installed")
 
 HERE = Path(__file__).resolve().parent
 APP_DIR = REPO / "examples" / "billpay"
