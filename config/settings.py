@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from limits import parse_many
@@ -177,6 +177,11 @@ class ConnectorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     breaker_failures: int = 5  # consecutive failures that open the circuit
     breaker_reset: float = 10.0  # seconds before a half-open trial call
     secret: str | None = None  # shared secret for signed callbacks (dev value only in payhub.toml)
+    # An outcome still unknown after this many status inquiries, or this many seconds after the
+    # attempt was made (whichever comes first), goes to the connector's terminal policy
+    # (docs/faults.md): nothing is polled forever.
+    inquiry_budget: Annotated[int, msgspec.Meta(ge=1)] = 25
+    inquiry_max_age: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     options: dict[str, str] = msgspec.field(default_factory=dict)  # connector-specific knobs
 
 

@@ -67,7 +67,7 @@ from gateway.services.payments import PaymentService
 from gateway.services.preferences import PreferencesService
 from gateway.services.refunds import RefundService
 from gateway.services.reminders import ReminderService
-from gateway.services.resolver import Resolver
+from gateway.services.resolver import Budget, Resolver
 from gateway.services.risk import RiskService
 from gateway.services.settle import Settler
 from gateway.services.stepup import StepUp
@@ -128,7 +128,13 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
     app[REFUNDS] = RefundService(app[DB_POOL], connectors, settler)
     bills = BillPoster(app[DB_POOL], settler, app[BILLERS], app[REFUNDS])
     app[PAYMENTS].bills = bills
-    app[RESOLVER] = Resolver(app[DB_POOL], app[PAYMENTS], app[REFUNDS], bills, app[METRICS])
+    budgets = {
+        name: Budget(config.inquiry_budget, config.inquiry_max_age)
+        for name, config in settings.connectors.items()
+    }
+    app[RESOLVER] = Resolver(
+        app[DB_POOL], app[PAYMENTS], app[REFUNDS], bills, app[METRICS], settler=settler, budgets=budgets
+    )
     rates = FxRates()
     app[FX] = FxService(app[DB_POOL], rates, settings.fx)
     app[PAYMENTS].fx = app[FX]

@@ -158,6 +158,16 @@ class Metrics:
             "Seconds since the oldest payment still processing last changed (0: none), set by the resolver",
             registry=r, multiprocess_mode="max",
         )  # fmt: skip
+        # The manual queue (docs/faults.md): attempts whose inquiry budget is spent with no policy to
+        # settle them. The gauge is counted by the resolver's worker; its alert pages when it is > 0.
+        self.manual_reviews = Counter(
+            "payhub_manual_reviews", "Attempts put in the manual queue, by operation and reason",
+            ["operation", "reason"], registry=r,
+        )  # fmt: skip
+        self.manual_review_attempts = Gauge(
+            "payhub_manual_review_attempts", "Attempts waiting in the manual queue for an operator",
+            registry=r, multiprocess_mode="max",
+        )  # fmt: skip
         # Audit sealing (gateway/workers/audit_sealer.py): committed events not yet linked into the chain.
         self.audit_unsealed_events = Gauge(
             "payhub_audit_unsealed_events", "Committed audit events not yet linked into the hash chain",

@@ -18,6 +18,7 @@ EventType = Literal[
     "payment.canceled",
     "payment.capture_failed",
     "payment.cancel_failed",
+    "payment.manual_review",
     "refund.succeeded",
     "refund.failed",
     "bill.posted",

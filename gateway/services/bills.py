@@ -67,13 +67,10 @@ class BillerDirectory(Protocol):
 
 log = get_logger("gateway.bills")
 
-# Status inquiries before the terminal policy: with the resolver's back-off that is about an hour.
-GIVE_UP_AFTER_TRIES = 25
 # A posting the biller says it never received is sent again (same reference) from the second
 # inquiry on (``tries`` counts inquiries): the first may overtake a request still in flight.
 REPOST_AFTER_TRIES = 2
 PENDING_RECHECK = 5.0  # seconds before the first status inquiry of a posting without an answer
-MANUAL_RECHECK = 86400.0  # a posting in the manual queue is looked at again once a day
 
 
 def connector_supports_reversal(billers: list[BillerInfo], biller: str) -> bool:
@@ -158,20 +155,24 @@ class BillPoster:
             )
         return await self.finish(tenant, payment_id, attempt_id, result, caller)
 
-    async def resolve(self, attempt: Any) -> bool:
-        """Settle a post (or reversal) attempt left unfinished; True when it became definite.
+    async def resolve(self, attempt: Any, *, spent: bool) -> bool:
+        """Settle a post (or reversal) attempt left unfinished; True when it has its next step.
 
         A post attempt still ``started`` (its request crashed) is sent again, same reference. An
         unknown one is asked about; a biller that answers it has no record of the reference (from
-        the second inquiry on) gets it again, same reference. After ``GIVE_UP_AFTER_TRIES``
-        inquiries (about an hour of back-off) the biller's terminal policy applies: a reversal (冲正)
-        with the same reference where the biller supports it — reversed → the money goes back;
-        reversal refused → the posting stood — otherwise the posting goes to the operators' manual
-        queue.
+        the second inquiry on) gets it again, same reference: that answer proves nothing was
+        posted. Once the connector's inquiry budget is ``spent`` the biller's terminal policy
+        applies: a reversal (冲正) with the same reference where the biller supports it — reversed →
+        the money goes back; reversal refused → the posting stood — otherwise the operators' manual
+        queue. A reversal that gets no answer within its own budget goes to the manual queue too.
         """
         tenant, payment_id, biller = attempt.tenant, attempt.payment_id, attempt.connector
         if attempt.operation == "reverse_bill":
-            return await self._reverse(tenant, payment_id, attempt.id, biller)
+            if await self._reverse(tenant, payment_id, attempt.id, biller):
+                return True
+            return spent and await self._manual_review(
+                tenant, payment_id, attempt.id, "reversal_unanswered", operation="reverse_bill"
+            )
         if attempt.status == "started":
             await self.post(tenant, payment_id)
             return True
@@ -187,15 +188,14 @@ class BillPoster:
                 log.info("bill.repost", payment=payment_id, attempt=attempt.id, tries=attempt.tries)
                 await self.post(tenant, payment_id)
                 return True
-            if attempt.tries < GIVE_UP_AFTER_TRIES:
+            if not spent:
                 return False
             try:
                 reversible = connector_supports_reversal(await connector.describe(), biller)
             except ConnectorError:
                 return False
             if not reversible:
-                await self._manual_review(tenant, payment_id, attempt.id)
-                return True
+                return await self._manual_review(tenant, payment_id, attempt.id, "posting_unknown")
             reversal_id = new_id("att")
             async with self._pool.acquire() as conn:
                 await store.insert_attempt(
@@ -233,17 +233,23 @@ class BillPoster:
         await self.finish(tenant, payment_id, post.id, reversal, HUB, reversed_=True)
         return True
 
-    async def _manual_review(self, tenant: str, payment_id: str, attempt_id: str) -> None:
-        """No way to make the outcome definite automatically: park it for an operator, stop polling."""
-        async with self._pool.acquire() as conn:
-            await store.park_posting(
+    async def _manual_review(
+        self, tenant: str, payment_id: str, attempt_id: str, reason: str, *, operation: str = "post_bill"
+    ) -> bool:
+        """No way to make the outcome definite automatically: the operators' manual queue, no more
+        polling (a late answer from the biller still settles it). True: the next step is theirs."""
+        log.warning("bill.manual_review", payment=payment_id, attempt=attempt_id, reason=reason)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._settler.manual_review(
                 conn,
-                tenant=tenant,
-                payment_id=payment_id,
-                attempt_id=attempt_id,
+                tenant,
+                payment_id,
+                attempt_id,
+                reason=reason,
+                operation=operation,
                 posting=posting(Posting.MANUAL_REVIEW),
-                recheck_in=MANUAL_RECHECK,
             )
+        return True
 
     async def finish(
         self,

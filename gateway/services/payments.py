@@ -882,6 +882,42 @@ class PaymentService:
             f"The processor refused to cancel this payment ({reason}).", code="payment_cancel_refused"
         )
 
+    async def expire(self, attempt: store.Attempt) -> bool:
+        """Terminal policy of an authorization still pending when its inquiry budget is spent (a bank
+        transfer or a wallet order the payer never paid): cancel it at the connector, under the
+        payment's own reference. The connector's confirmation proves no money moved; the payment
+        ends ``canceled``. True when the payment is final (or no longer waits on this attempt).
+
+        A connector that refuses (the payer paid meanwhile, or it cannot cancel) raises Conflict and
+        the payment is as it was: the next status inquiry settles it, or the manual queue takes it.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            claimed = await store.claim_status(
+                conn,
+                tenant=attempt.tenant,
+                payment_id=attempt.payment_id,
+                allowed=[Status.PROCESSING, Status.REQUIRES_ACTION],
+                target=Status.PROCESSING,
+            )
+            if claimed is None:
+                return True
+            row, previous = claimed
+            void_id = new_id("att")
+            await store.insert_attempt(
+                conn,
+                attempt_id=void_id,
+                payment_id=row.id,
+                tenant=row.tenant,
+                operation="void",
+                connector=attempt.connector,
+                amount=0,
+            )
+        if row.connector_reference is None:
+            row = dataclasses.replace(row, connector_reference=attempt.id)
+        log.info("payment.expire", payment=row.id, attempt=attempt.id, age=round(attempt.age))
+        await self._void(row, void_id, HUB, previous=previous)
+        return True
+
     async def _resume(self, tenant: str, payment_id: str, operation: str, caller: Caller) -> Outcome:
         """A retried capture or cancel whose first run stopped after phase 1: send it again, same attempt."""
         async with self._pool.acquire() as conn:

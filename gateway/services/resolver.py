@@ -11,6 +11,16 @@ cancelled request leaves it there). Per operation:
     post_bill            unknown: the biller's status inquiry, then its terminal policy; started: sent again
     reverse_bill         sent again until the biller answers
 
+Nothing is polled forever (issue #16, docs/faults.md). Each connector has an inquiry budget
+(``[connectors.<name>] inquiry_budget`` inquiries or ``inquiry_max_age`` seconds since the attempt was
+made, whichever comes first). When it is spent with the outcome still unknown, the terminal policy:
+
+    authorize, bank transfer or wallet   cancel it at the connector, same reference (the payer never
+                                         paid); the connector's confirmation proves nothing moved
+    post_bill                            the biller's reversal (冲正), same reference (bills.py)
+    anything else, or a policy that      the manual queue: no more polling, a ``payment.manual_review``
+    cannot get an answer either          event, the payhub_manual_review_attempts gauge and its alert
+
 Every item is isolated: whatever one raises is logged, counted and retried later with back-off;
 the pass goes on. Attempts are claimed with FOR UPDATE SKIP LOCKED and pushed forward, so any
 number of gateway processes can run it without asking twice about the same attempt.
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +44,27 @@ from gateway.metrics import Metrics
 from gateway.services.bills import BillPoster
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
+from gateway.services.settle import Settler
 from gateway.store import payments as store
 
 log = get_logger("gateway.resolver")
 
 # Seconds before the next look at an attempt, by how many looks it had (then every 3 minutes).
 BACKOFF = (1.0, 5.0, 15.0, 30.0, 60.0, 180.0)
+# Payment methods whose pending authorization is the payer's to complete: cancelled when the budget
+# is spent (a bank transfer never sent, a wallet order never paid).
+CANCEL_WHEN_SPENT = frozenset({"bank_transfer", "wallet"})
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long an unknown outcome is asked about before the terminal policy (per connector)."""
+
+    inquiries: int = 25  # with BACKOFF, about an hour
+    max_age: float = 3600.0  # seconds since the attempt was made
+
+    def spent(self, attempt: store.Attempt) -> bool:
+        return attempt.tries >= self.inquiries or attempt.age >= self.max_age
 
 
 @dataclass
@@ -63,12 +89,17 @@ class Resolver:
         refunds: RefundService,
         bills: BillPoster | None,
         metrics: Metrics,
+        *,
+        settler: Settler,
+        budgets: Mapping[str, Budget] | None = None,
     ) -> None:
         self._pool = pool
         self._payments = payments
         self._refunds = refunds
         self._bills = bills
+        self._settler = settler
         self._metrics = metrics
+        self.budgets = dict(budgets or {})
         self.health = ResolverHealth()
 
     async def resolve_due(self, *, limit: int = 50) -> int:
@@ -102,14 +133,28 @@ class Resolver:
         async with self._pool.acquire() as conn:
             return await store.oldest_processing_age(conn)
 
-    async def _resolve(self, attempt: Any) -> bool:
+    async def manual_review_size(self) -> int:
+        """Attempts waiting in the manual queue, for the gauge."""
+        async with self._pool.acquire() as conn:
+            return await store.manual_review_size(conn)
+
+    def budget(self, attempt: store.Attempt) -> Budget:
+        connector = attempt.connector
+        if attempt.operation in ("post_bill", "reverse_bill") and self._bills is not None:
+            connector, _ = self._bills.directory.connector(attempt.connector)  # the biller's connector
+        return self.budgets.get(connector, Budget())
+
+    async def _resolve(self, attempt: store.Attempt) -> bool:
         operation, started = attempt.operation, attempt.status == "started"
+        spent = self.budget(attempt).spent(attempt)
         if operation in ("post_bill", "reverse_bill"):
-            return self._bills is not None and await self._bills.resolve(attempt)
+            return self._bills is not None and await self._bills.resolve(attempt, spent=spent)
         if operation == "refund":
-            return attempt.refund_id is not None and await self._refunds.finish(
-                attempt.tenant, attempt.refund_id
-            )
+            if attempt.refund_id is None:
+                return False
+            if await self._refunds.finish(attempt.tenant, attempt.refund_id):
+                return True
+            return spent and await self.manual_review(attempt, "refund_unanswered")
         if started and operation in ("capture", "void"):
             async with self._pool.acquire() as conn:
                 row = await store.get_payment(conn, tenant=attempt.tenant, payment_id=attempt.payment_id)
@@ -124,10 +169,55 @@ class Resolver:
         try:
             result = await connector.sync(attempt_id=attempt.id, operation=operation)
         except ConnectorError:
-            return False  # unreachable right now: ask again later
-        if result.outcome in (ConnectorOutcome.PENDING, ConnectorOutcome.REQUIRES_ACTION):
-            return False
-        await self._payments.settle_attempt(attempt.connector, attempt.id, result, action="payment.resolve")
+            result = None  # unreachable right now: asked again later, within the budget
+        if result is not None and result.outcome not in (
+            ConnectorOutcome.PENDING,
+            ConnectorOutcome.REQUIRES_ACTION,
+        ):
+            await self._payments.settle_attempt(
+                attempt.connector, attempt.id, result, action="payment.resolve"
+            )
+            return True
+        return spent and await self._spent(attempt)
+
+    async def _spent(self, attempt: store.Attempt) -> bool:
+        """The terminal policy of an attempt whose budget is spent, the outcome still unknown."""
+        async with self._pool.acquire() as conn:
+            row = await store.get_payment(conn, tenant=attempt.tenant, payment_id=attempt.payment_id)
+        assert row is not None
+        budget = self.budget(attempt)
+        if (
+            attempt.operation == "authorize"
+            and row.method in CANCEL_WHEN_SPENT
+            and attempt.tries < 2 * budget.inquiries  # the cancel itself gets one more budget
+        ):
+            try:
+                return await self._payments.expire(attempt)
+            except (errors.Conflict, errors.Unavailable):
+                return False  # paid meanwhile, or no answer: the next inquiry tells
+        return await self.manual_review(attempt, "outcome_unknown")
+
+    async def manual_review(self, attempt: store.Attempt, reason: str, posting: str | None = None) -> bool:
+        """Stop polling; an operator decides (a late definite answer still settles it). Always True:
+        the attempt has its next step, which is not the resolver's."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._settler.manual_review(
+                conn,
+                attempt.tenant,
+                attempt.payment_id,
+                attempt.id,
+                reason=reason,
+                operation=attempt.operation,
+                posting=posting,
+            )
+        log.warning(
+            "resolver.manual_review",
+            payment=attempt.payment_id,
+            attempt=attempt.id,
+            operation=attempt.operation,
+            reason=reason,
+            tries=attempt.tries,
+        )
         return True
 
     async def _later(self, attempt: Any) -> None:

@@ -326,6 +326,45 @@ class Settler:
         )
         return Outcome(200, body)
 
+    async def manual_review(
+        self,
+        conn: Connection,
+        tenant: str,
+        payment_id: str,
+        attempt_id: str,
+        *,
+        reason: str,
+        operation: str,
+        posting: str | None = None,
+    ) -> bool:
+        """Queue an attempt for an operator (its budget is spent, no policy settles it): the
+        ``payment.manual_review`` event and an audit row, in the caller's transaction. False when it
+        was settled or queued meanwhile (nothing written)."""
+        if not await store.to_manual_review(
+            conn, tenant=tenant, payment_id=payment_id, attempt_id=attempt_id, reason=reason, posting=posting
+        ):
+            return False
+        row = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)
+        assert row is not None
+        await record_and_log(
+            conn,
+            OutcomeRecord(
+                tenant=tenant,
+                object_id=payment_id,
+                event_id=new_id("evt"),
+                event_type="payment.manual_review",
+                body=render.encode(render.payment(row)),
+                actor=HUB.spiffe_id,
+                action="payment.manual_review",
+                outcome=row.status,
+                source=None,
+                details={"attempt": attempt_id, "operation": operation, "reason": reason},
+                idempotency_key=None,
+            ),
+        )
+        self._metrics.manual_reviews.labels(operation, reason).inc()
+        return True
+
     async def current(self, conn: Connection, tenant: str, payment_id: str, caller: Caller) -> Outcome:
         """The payment as it stands, stored as the caller's response (nothing else changes)."""
         current = await store.get_payment(conn, tenant=tenant, payment_id=payment_id)

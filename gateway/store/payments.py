@@ -79,6 +79,7 @@ class Attempt:
     connector_reference: str | None
     refund_id: str | None
     tries: int
+    age: float = 0.0  # seconds since the attempt was made (read by the resolver's claim only)
 
 
 ATTEMPT_COLUMNS = (
@@ -646,7 +647,8 @@ WITH due AS (
 UPDATE payment_attempts a SET next_check = now() + interval '30 seconds', tries = a.tries + 1
 FROM due
 WHERE a.id = due.id
-RETURNING {", ".join("a." + column for column in ATTEMPT_COLUMNS.split(", "))}
+RETURNING {", ".join("a." + column for column in ATTEMPT_COLUMNS.split(", "))},
+    extract(epoch FROM now() - a.created)::float8
 """  # noqa: S608 - fixed column list
 
 
@@ -668,9 +670,10 @@ async def oldest_processing_age(conn: Connection) -> float:
 
 
 async def recheck_later(conn: Connection, *, attempt_id: str, delay: float) -> None:
+    """The next look at an attempt still in flight (never at one in the manual queue)."""
     await conn.execute(
         "UPDATE payment_attempts SET next_check = now() + make_interval(secs => $2) "
-        "WHERE id = $1 AND status IN ('started', 'pending', 'unknown')",
+        "WHERE id = $1 AND status IN ('started', 'pending', 'unknown') AND manual_review_since IS NULL",
         attempt_id,
         delay,
     )
@@ -758,23 +761,44 @@ async def mark_posting_pending(
     )
 
 
-async def park_posting(
-    conn: Connection, *, tenant: str, payment_id: str, attempt_id: str, posting: str, recheck_in: float
-) -> None:
-    """A posting no automatic step can settle: shown to operators, checked again only rarely."""
-    await conn.execute(
+async def to_manual_review(
+    conn: Connection, *, tenant: str, payment_id: str, attempt_id: str, reason: str, posting: str | None
+) -> bool:
+    """Put an attempt no automatic step can settle in the operators' manual queue (no more polling).
+
+    The attempt stays in flight, so a late definite answer still settles it. A bill payment's
+    posting moves to ``manual_review`` with it. False when the attempt was settled meanwhile or is
+    already queued.
+    """
+    moved = await conn.fetchval(
         """
         WITH attempt AS (
-            UPDATE payment_attempts SET next_check = now() + make_interval(secs => $5) WHERE id = $3
+            UPDATE payment_attempts
+            SET next_check = NULL, manual_review_since = now(), manual_review_reason = $4
+            WHERE id = $3 AND status IN ('started', 'pending', 'unknown') AND manual_review_since IS NULL
+            RETURNING id
+        ), posting AS (
+            UPDATE payments SET bill_posting = $5::jsonb
+            WHERE id = $1 AND tenant = $2 AND $5::jsonb IS NOT NULL AND EXISTS (SELECT FROM attempt)
         )
-        UPDATE payments SET bill_posting = $4::jsonb WHERE id = $1 AND tenant = $2
+        SELECT count(*) FROM attempt
         """,
         payment_id,
         tenant,
         attempt_id,
+        reason,
         posting,
-        recheck_in,
     )
+    return bool(moved)
+
+
+async def manual_review_size(conn: Connection) -> int:
+    """Attempts waiting in the manual queue, across tenants (for the gauge and its alert)."""
+    size = await conn.fetchval(
+        "SELECT count(*) FROM payment_attempts "
+        "WHERE manual_review_since IS NOT NULL AND status IN ('started', 'pending', 'unknown')"
+    )
+    return int(size)
 
 
 # A held payment (step-up passed, review approved) goes on to its connector: the move to

@@ -2,8 +2,9 @@
 
 It never dies: a pass that fails (the database away, a bug) is logged and counted, and the loop
 goes on. /readyz reports the resolver stalled when no pass completed for ``STALL_AFTER`` seconds.
-It also measures how long the oldest ``processing`` payment has waited, for the metrics (and the
-alert on it): one index probe every ``BACKLOG_EVERY`` seconds, nothing on the payment path.
+It also measures how long the oldest ``processing`` payment has waited and how many attempts wait
+in the manual queue, for the metrics (and their alerts): two index probes every ``BACKLOG_EVERY``
+seconds, nothing on the payment path.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class ResolverLike(Protocol):
 
     async def oldest_processing_age(self) -> float: ...
 
+    async def manual_review_size(self) -> int: ...
+
 
 async def run_resolver(
     resolver: ResolverLike, interval: float, metrics: Metrics, *, backlog_every: float = BACKLOG_EVERY
@@ -53,7 +56,9 @@ async def run_resolver(
 async def _measure_backlog(resolver: ResolverLike, metrics: Metrics) -> None:
     try:
         age = await resolver.oldest_processing_age()
-    except Exception as exc:  # the gauge keeps its last value; the pass counter says the DB is away
+        queued = await resolver.manual_review_size()
+    except Exception as exc:  # the gauges keep their last value; the pass counter says the DB is away
         log.warning("resolver.backlog_failed", error=type(exc).__name__)
     else:
         metrics.oldest_processing_payment_age.set(age)
+        metrics.manual_review_attempts.set(queued)

@@ -12,7 +12,8 @@ import pytest
 
 from config.settings import RiskRuleSettings, RiskTenantSettings, Settings
 from crypto.pki import PkiPaths
-from gateway.keys import DB_POOL
+from gateway.keys import DB_POOL, RESOLVER
+from gateway.services.resolver import Budget
 from tests.e2e.test_money_flows import balance_account, ledger_is_consistent
 from tests.support.api import Api, api_client, card_payment
 from tests.support.billers import Running, biller_stack
@@ -220,9 +221,8 @@ async def test_a_bill_paid_by_wallet_is_posted_once_the_wallet_settles(acme: Api
 async def test_a_posting_that_never_becomes_definite_is_reversed_and_refunded(
     acme: Api, running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gateway.services import bills
-
-    monkeypatch.setattr(bills, "GIVE_UP_AFTER_TRIES", 1)  # the terminal policy at the first inquiry
+    # The terminal policy at the first inquiry.
+    monkeypatch.setitem(running.gw.api[RESOLVER].budgets, "utility_biller", Budget(inquiries=1))
     bill = await open_bill(acme, "0031237777")
     paid = await acme.post("/v1/payments", bill_payment("0031237777", bill))
     assert paid.body["bill_posting"]["status"] == "pending", paid.body

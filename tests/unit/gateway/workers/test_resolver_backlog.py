@@ -28,6 +28,9 @@ class FakeResolver:
             raise age
         return age
 
+    async def manual_review_size(self) -> int:
+        return 3
+
 
 def gauge(metrics: Metrics, name: str) -> float | None:
     return metrics.registry.get_sample_value(name)
@@ -45,6 +48,7 @@ async def test_the_first_pass_sets_the_gauge_then_at_most_every_backlog_every() 
     assert resolver.passes > 5
     assert resolver.measures == 1  # throttled: not once per pass
     assert gauge(metrics, "payhub_oldest_processing_payment_age_seconds") == 42.0
+    assert gauge(metrics, "payhub_manual_review_attempts") == 3
 
 
 async def test_a_failed_measure_keeps_the_last_value_and_the_loop_goes_on() -> None:
