@@ -163,39 +163,41 @@ class Resolver:
             with contextlib.suppress(errors.Conflict):
                 await self._payments.send_again(row, attempt)
             return True
-        connector = self._payments.connector(attempt.connector)
-        if connector is None:
+        if self._payments.connector(attempt.connector) is None:
             return False
-        try:
-            result = await connector.sync(attempt_id=attempt.id, operation=operation)
-        except ConnectorError:
-            result = None  # unreachable right now: asked again later, within the budget
-        if result is not None and result.outcome not in (
-            ConnectorOutcome.PENDING,
-            ConnectorOutcome.REQUIRES_ACTION,
-        ):
-            await self._payments.settle_attempt(
-                attempt.connector, attempt.id, result, action="payment.resolve"
-            )
+        if await self._settled_by_inquiry(attempt):
             return True
-        return spent and await self._spent(attempt)
+        return spent and await self._spent(attempt)  # else asked again later, within the budget
 
     async def _spent(self, attempt: store.Attempt) -> bool:
         """The terminal policy of an attempt whose budget is spent, the outcome still unknown."""
         async with self._pool.acquire() as conn:
             row = await store.get_payment(conn, tenant=attempt.tenant, payment_id=attempt.payment_id)
         assert row is not None
-        budget = self.budget(attempt)
-        if (
-            attempt.operation == "authorize"
-            and row.method in CANCEL_WHEN_SPENT
-            and attempt.tries < 2 * budget.inquiries  # the cancel itself gets one more budget
-        ):
-            try:
-                return await self._payments.expire(attempt)
-            except (errors.Conflict, errors.Unavailable):
-                return False  # paid meanwhile, or no answer: the next inquiry tells
-        return await self.manual_review(attempt, "outcome_unknown")
+        if attempt.operation != "authorize" or row.method not in CANCEL_WHEN_SPENT:
+            return await self.manual_review(attempt, "outcome_unknown")
+        try:
+            return await self._payments.expire(attempt)
+        except errors.Conflict:
+            # Refused: the payer paid meanwhile (the inquiry says so now) or it cannot be cancelled.
+            if await self._settled_by_inquiry(attempt):
+                return True
+            return await self.manual_review(attempt, "cancel_refused")
+        except errors.Unavailable:
+            return await self.manual_review(attempt, "cancel_unanswered")
+
+    async def _settled_by_inquiry(self, attempt: store.Attempt) -> bool:
+        connector = self._payments.connector(attempt.connector)
+        if connector is None:
+            return False
+        try:
+            result = await connector.sync(attempt_id=attempt.id, operation=attempt.operation)
+        except ConnectorError:
+            return False
+        if result.outcome in (ConnectorOutcome.PENDING, ConnectorOutcome.REQUIRES_ACTION):
+            return False
+        await self._payments.settle_attempt(attempt.connector, attempt.id, result, action="payment.resolve")
+        return True
 
     async def manual_review(self, attempt: store.Attempt, reason: str, posting: str | None = None) -> bool:
         """Stop polling; an operator decides (a late definite answer still settles it). Always True:

@@ -660,11 +660,22 @@ async def claim_due_attempts(conn: Connection, *, limit: int) -> list[Attempt]:
 async def oldest_processing_age(conn: Connection) -> float:
     """Seconds since the longest-waiting ``processing`` payment last moved, across tenants (0: none).
 
-    For the operator metric: one probe of the partial index ``payments_processing``. The status is a
-    literal, not a parameter, so that even a generic prepared plan can use that index.
+    For the operator metric and its alert (stuck payments). Not counted: a bank transfer, which waits
+    on the payer within its connector's budget (24 h by default), and a payment whose attempt is in
+    the manual queue (its own gauge and alert). A walk of the partial index ``payments_processing``
+    from the oldest; the status is a literal, not a parameter, so that even a generic prepared plan
+    can use that index.
     """
     age = await conn.fetchval(
-        "SELECT extract(epoch FROM now() - min(updated))::float8 FROM payments WHERE status = 'processing'"
+        """
+        SELECT extract(epoch FROM now() - p.updated)::float8 FROM payments p
+        WHERE p.status = 'processing' AND p.method <> 'bank_transfer' AND NOT EXISTS (
+            SELECT FROM payment_attempts a
+            WHERE a.payment_id = p.id AND a.manual_review_since IS NOT NULL
+              AND a.status IN ('started', 'pending', 'unknown')
+        )
+        ORDER BY p.updated LIMIT 1
+        """
     )
     return max(float(age), 0.0) if age is not None else 0.0
 

@@ -70,7 +70,9 @@ def with_secrets(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, connectors=connectors)
 
 
-def routed_to(settings: Settings, *, bank: int, ewallet: int, fx: int = 0, messages: int = 0) -> Settings:
+def routed_to(
+    settings: Settings, *, bank: int, ewallet: int, fx: int = 0, messages: int = 0, read_timeout: float = 10.0
+) -> Settings:
     """The test settings, routed to the bank and wallet connectors at these ports, calling back here."""
     api_port = listen_port()
     options = {"callback_base": f"https://localhost:{api_port}"}
@@ -80,8 +82,10 @@ def routed_to(settings: Settings, *, bank: int, ewallet: int, fx: int = 0, messa
         sandbox=SandboxSettings(bank=bank, ewallet=ewallet, fx=fx, messages=messages),
         connectors={
             **settings.connectors,
-            "bank_transfer": ConnectorSettings(secret=BANK_SECRET, options=options),
-            "ewallet": ConnectorSettings(secret=WALLET_SECRET, options=options),
+            "bank_transfer": ConnectorSettings(
+                secret=BANK_SECRET, options=options, read_timeout=read_timeout
+            ),
+            "ewallet": ConnectorSettings(secret=WALLET_SECRET, options=options, read_timeout=read_timeout),
         },
         routing=msgspec.structs.replace(
             settings.routing, bank_transfer=["bank_transfer"], wallet=["ewallet"]
@@ -90,12 +94,18 @@ def routed_to(settings: Settings, *, bank: int, ewallet: int, fx: int = 0, messa
 
 
 @pytest.fixture
-async def stack(settings: Settings, pki: PkiPaths) -> AsyncIterator[Stack]:
+def read_timeout() -> float:
+    """The bank and wallet connectors' read time-out (a test module may override this fixture)."""
+    return 10.0
+
+
+@pytest.fixture
+async def stack(settings: Settings, pki: PkiPaths, read_timeout: float) -> AsyncIterator[Stack]:
     signing = with_secrets(settings)
     bank = await BankSandbox(signing, settle_after=0.2, port=0).start()
     wallet = await EwalletSandbox(signing, pay_after=None, port=0).start()
     try:
-        routed = routed_to(settings, bank=bank.port, ewallet=wallet.port)
+        routed = routed_to(settings, bank=bank.port, ewallet=wallet.port, read_timeout=read_timeout)
         async with gateway(routed) as gw, api_client(pki, "acme", gw.api_port) as acme:
             yield Stack(gw, acme, bank, wallet)
     finally:

@@ -1,0 +1,116 @@
+"""Issue #16: nothing is polled forever. When a connector's inquiry budget is spent with the outcome
+still unknown, its terminal policy applies (a pending wallet order or bank transfer is cancelled at
+the connector under the same reference), and what no policy can settle goes to the manual queue,
+with an event, a gauge and no more polling. Real gateway, PostgreSQL and simulators (mTLS callbacks)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway.keys import DB_POOL, METRICS, RESOLVER
+from gateway.server import RunningGateway
+from gateway.services.resolver import Budget
+from tests.e2e.test_async_connectors import (
+    Stack,
+    bank_transfer,
+    events,
+    ledger_kinds,
+    stack,
+    wait_for_status,
+    wallet,
+)
+from tests.support.faultproxy import Fault, FaultProxy
+
+__all__ = ["stack"]  # the fixture, shared with test_async_connectors
+
+
+@pytest.fixture
+def read_timeout() -> float:
+    return 1.0  # a bank that never answers is given up on after 1 s (pending, then the resolver)
+
+
+@pytest.fixture
+def spend_at_once(stack: Stack) -> Iterator[None]:
+    """Budgets of one inquiry for the bank and the wallet: the terminal policy at the first look."""
+    budgets = stack.gw.api[RESOLVER].budgets
+    saved = dict(budgets)
+    budgets.update(bank_transfer=Budget(inquiries=1), ewallet=Budget(inquiries=1))
+    yield
+    budgets.clear()
+    budgets.update(saved)
+
+
+async def attempts(gw: RunningGateway, payment_id: str) -> list[dict[str, Any]]:
+    async with gw.api[DB_POOL].acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT operation, status, next_check, manual_review_reason FROM payment_attempts "
+            "WHERE payment_id = $1 ORDER BY created, operation",
+            payment_id,
+        )
+    return [dict(row) for row in rows]
+
+
+async def wait_for_event(stack: Stack, payment_id: str, event_type: str) -> list[dict[str, Any]]:
+    for _ in range(100):
+        found = await events(stack.acme, payment_id, event_type)
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {event_type} event for {payment_id}")
+
+
+@pytest.mark.usefixtures("spend_at_once")
+async def test_a_wallet_order_never_paid_is_closed_when_its_budget_is_spent(stack: Stack) -> None:
+    created = await stack.acme.post("/v1/payments", wallet("alipay"))
+    payment = created.body
+    assert payment["status"] == "requires_action"
+    canceled = await wait_for_status(stack.acme, payment["id"], "canceled")
+    assert (canceled["amount_captured"], canceled["next_action"]) == (0, None)
+    order = stack.wallet.find(payment["connector_reference"])
+    assert order is not None and order.status == "closed"  # the wallet's own word: nothing moved
+    assert [
+        (a["operation"], a["status"], a["next_check"]) for a in await attempts(stack.gw, payment["id"])
+    ] == [
+        ("authorize", "failed", None),
+        ("void", "succeeded", None),
+    ]
+    assert len(await events(stack.acme, payment["id"], "payment.canceled")) == 1
+    assert await ledger_kinds(stack.gw, payment["id"]) == []
+
+
+@pytest.mark.usefixtures("spend_at_once")
+async def test_a_refund_the_bank_never_answers_goes_to_the_manual_queue(stack: Stack) -> None:
+    created = await stack.acme.post("/v1/payments", bank_transfer("6222000011112222"))
+    payment = await wait_for_status(stack.acme, created.body["id"], "succeeded")
+    # The bank accepts connections and reads requests but never answers again.
+    port = stack.bank.port
+    await stack.bank.close()
+    silent = await FaultProxy.start(upstream_port=1, port=port)
+    silent.set(Fault.blackhole())
+    refund = await stack.acme.post("/v1/refunds", {"payment": payment["id"], "amount": 1000})
+    assert refund.status == 200, refund.body
+    assert refund.body["status"] == "pending"
+
+    queued = await wait_for_event(stack, payment["id"], "payment.manual_review")
+    assert len(queued) == 1
+    rows = await attempts(stack.gw, payment["id"])
+    assert [(a["operation"], a["status"], a["next_check"], a["manual_review_reason"]) for a in rows][-1] == (
+        "refund",
+        "unknown",
+        None,  # no longer polled
+        "refund_unanswered",
+    )
+    resolver = stack.gw.api[RESOLVER]
+    assert await resolver.manual_review_size() == 1
+    samples = stack.gw.api[METRICS].registry.get_sample_value(
+        "payhub_manual_reviews_total", {"operation": "refund", "reason": "refund_unanswered"}
+    )
+    assert samples == 1
+    await asyncio.sleep(1.5)  # three resolver passes: the queued attempt is not looked at again
+    assert await attempts(stack.gw, payment["id"]) == rows
+    assert len(await events(stack.acme, payment["id"], "payment.manual_review")) == 1
+    await silent.close()
