@@ -15,7 +15,8 @@
     └── InternalError             500 api_error (never carries details)
 
 Services raise these (or domain errors mapped to these at the handler boundary); the error
-middleware renders them. Anything else becomes a 500 ``api_error`` with no detail.
+middleware renders them. A lost database connection becomes a 503 ``database_unavailable``
+(``gateway.middlewares.database_outage``); anything else a 500 ``api_error`` with no detail.
 """
 
 from __future__ import annotations

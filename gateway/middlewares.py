@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 
+import asyncpg
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -86,6 +88,48 @@ def _from_http_exception(exc: web.HTTPException) -> errors.ApiError:
     return errors.InvalidRequest(exc.reason, code="bad_request")
 
 
+_ASYNCPG_DIR = f"{os.sep}asyncpg{os.sep}"
+
+
+def database_outage(exc: BaseException) -> bool:
+    """The database is away (restarting, failing over, unreachable), not a bug: the request may be
+    retried as is. Connection-level failures only; a bad statement or a constraint is still a 500."""
+    if isinstance(exc, asyncpg.PostgresError):
+        # 08: connection exceptions; 57P: admin or crash shutdown, cannot connect now.
+        return str(getattr(exc, "sqlstate", "")).startswith(("08", "57P"))
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "is closed" in str(exc) or "is closing" in str(exc)  # the connection or the pool
+    if isinstance(exc, OSError):  # refused, reset, and TimeoutError (acquire, command_timeout)
+        return _raised_in_asyncpg(exc)
+    return False
+
+
+def _raised_in_asyncpg(exc: BaseException) -> bool:
+    """Whether asyncpg is on the way the error came (its own traceback, or the one of its cause,
+    e.g. the cancellation behind an ``asyncio.timeout``): an OSError from elsewhere is not ours."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            if _ASYNCPG_DIR in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _database_unavailable(request: web.Request, exc: BaseException) -> errors.ApiError:
+    # One line per request and no traceback: an outage fails many requests the same known way.
+    log.warning("http.database_unavailable", path=request.path, error=type(exc).__name__)
+    return errors.Unavailable(
+        "The database is unavailable; retry the request.",
+        code="database_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place where exceptions become the public error shape; no traceback ever leaves."""
@@ -97,7 +141,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:  # redirects and other non-errors pass through unchanged
             raise
         return _error_response(request, _from_http_exception(exc))
-    except Exception:
+    except Exception as exc:
+        if database_outage(exc):
+            return _error_response(request, _database_unavailable(request, exc))
         log.exception("http.unhandled_error", path=request.path)
         return _error_response(request, errors.InternalError("An internal error occurred."))
 

@@ -678,7 +678,11 @@ ERROR_RESPONSES: dict[str, tuple[str, str]] = {
     "422": ("IdempotencyKeyReused", "The Idempotency-Key was used before with a different request."),
     "429": ("RateLimited", "Too many requests: retry after Retry-After seconds."),
     "500": ("InternalError", "Internal error: it never carries a payment decision."),
-    "503": ("Unavailable", "Overloaded or a dependency is down: retry after Retry-After seconds."),
+    "503": (
+        "Unavailable",
+        "Overloaded or a dependency is down (`database_unavailable`: the database): "
+        "retry after Retry-After seconds, with the same Idempotency-Key.",
+    ),
 }
 
 

@@ -7,9 +7,13 @@ so the outcome and the replayable response can never disagree.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -18,6 +22,7 @@ from gateway.store import idempotency
 from gateway.store.idempotency import Claimed, InProgress, Mismatch, Replay
 
 MAX_KEY_LENGTH = 255
+RETRY_LET_GO = 0.5  # s between two tries to give a key up while the database is away
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,7 @@ def require_key(header: str | None) -> str:
 async def run_idempotent(
     pool: asyncpg.Pool, request: KeyedRequest, work: Callable[[Claimed], Awaitable[Outcome]]
 ) -> Outcome:
+    claimed_at = time.monotonic()  # no later than the database's start of the claim's lock
     async with pool.acquire() as conn:
         claim = await idempotency.claim(
             conn,
@@ -84,13 +90,50 @@ async def run_idempotent(
     try:
         return await work(claim)
     except BaseException as exc:
-        async with pool.acquire() as conn:
-            if isinstance(exc, errors.ApiError) and exc.status < 500:
-                # Refused before anything moved (validation, not found): not stored, a fixed retry passes.
-                await idempotency.release(conn, tenant=request.tenant, key=request.key)
-            else:
-                # The hub failed: no 5xx is stored as the key's answer. Before any recovery point the
-                # key is released (a corrected body may use it); after one, a retry of the same request
-                # resumes the same attempt ids.
-                await idempotency.abandon(conn, tenant=request.tenant, key=request.key)
+        refused = isinstance(exc, errors.ApiError) and exc.status < 500
+        try:
+            await _let_go(pool, request, claim, refused=refused)
+        except Exception:
+            # The database is away (most likely why the work failed too). Left alone, the key would
+            # answer 409 request_in_progress until its lock runs out (LOCK_SECONDS) although the
+            # database may be back in seconds: let go of it as soon as it is. The original error
+            # goes on to the caller (a database outage is a 503).
+            _in_background(_let_go_when_back(pool, request, claim, refused=refused, claimed_at=claimed_at))
         raise
+
+
+async def _let_go(pool: asyncpg.Pool, request: KeyedRequest, claim: Claimed, *, refused: bool) -> None:
+    async with pool.acquire() as conn:
+        if refused:
+            # Refused before anything moved (validation, not found): not stored, a fixed retry passes.
+            await idempotency.release(
+                conn, tenant=request.tenant, key=request.key, owned_until=claim.locked_until
+            )
+        else:
+            # The hub failed: no 5xx is stored as the key's answer. Before any recovery point the
+            # key is released (a corrected body may use it); after one, a retry of the same request
+            # resumes the same attempt ids.
+            await idempotency.abandon(
+                conn, tenant=request.tenant, key=request.key, owned_until=claim.locked_until
+            )
+
+
+async def _let_go_when_back(
+    pool: asyncpg.Pool, request: KeyedRequest, claim: Claimed, *, refused: bool, claimed_at: float
+) -> None:
+    """Try again until it works or the lock has run out anyway (the claim's lock fences a late try)."""
+    while (left := claimed_at + idempotency.LOCK_SECONDS - time.monotonic()) > 0:
+        await asyncio.sleep(min(RETRY_LET_GO, left))
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(left):
+                await _let_go(pool, request, claim, refused=refused)
+            return
+
+
+_background: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+
+
+def _in_background(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(coro, name="idempotency-let-go")
+    _background.add(task)
+    task.add_done_callback(_background.discard)

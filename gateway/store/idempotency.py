@@ -10,6 +10,7 @@ different request).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from gateway.store.types import Connection
 
@@ -23,6 +24,9 @@ LOCK_SECONDS = 20.0
 class Claimed:
     recovery_point: str
     object_id: str | None
+    # The lock this claim took: ``release``/``abandon`` given it touch the key only while it is still
+    # this owner's (not after the lock ran out and a retry took the key over).
+    locked_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +56,7 @@ ON CONFLICT (tenant, key) DO UPDATE SET locked_until = EXCLUDED.locked_until
       AND k.request_hash = EXCLUDED.request_hash
       AND k.request_method = EXCLUDED.request_method
       AND k.request_path = EXCLUDED.request_path
-RETURNING k.recovery_point, k.object_id
+RETURNING k.recovery_point, k.object_id, k.locked_until
 """
 
 _EXISTING = """
@@ -66,7 +70,7 @@ async def claim(
 ) -> ClaimResult:
     row = await conn.fetchrow(_CLAIM, tenant, key, method, path, request_hash, LOCK_SECONDS)
     if row is not None:
-        return Claimed(row["recovery_point"], row["object_id"])
+        return Claimed(row["recovery_point"], row["object_id"], row["locked_until"])
     existing = await conn.fetchrow(_EXISTING, tenant, key)
     if existing is None:  # finished and pruned between the two statements: try once more
         return await claim(conn, tenant=tenant, key=key, method=method, path=path, request_hash=request_hash)
@@ -108,28 +112,39 @@ async def finish(conn: Connection, *, tenant: str, key: str, status: int, body: 
     )
 
 
-async def release(conn: Connection, *, tenant: str, key: str) -> None:
+async def release(conn: Connection, *, tenant: str, key: str, owned_until: datetime | None = None) -> None:
     """Forget a key whose request was refused before doing anything (a retry must be free to succeed)."""
     await conn.execute(
-        "DELETE FROM idempotency_keys WHERE tenant = $1 AND key = $2 AND response_status IS NULL", tenant, key
+        """DELETE FROM idempotency_keys
+        WHERE tenant = $1 AND key = $2 AND response_status IS NULL
+          AND ($3::timestamptz IS NULL OR locked_until = $3)""",
+        tenant,
+        key,
+        owned_until,
     )
 
 
-async def abandon(conn: Connection, *, tenant: str, key: str) -> None:
+async def abandon(conn: Connection, *, tenant: str, key: str, owned_until: datetime | None = None) -> None:
     """After an unexpected error in the hub. Nothing recorded yet (still ``started``): the key is
     forgotten, so a corrected request may use it. Otherwise an attempt may have reached a connector:
-    only the lock goes, and a retry of the same request resumes from the recovery point."""
+    only the lock goes, and a retry of the same request resumes from the recovery point.
+
+    ``owned_until`` (the claim's lock) fences both this and ``release``: a late call does nothing to a
+    key whose lock ran out and that a retry took over."""
     await conn.execute(
         """
         WITH forgotten AS (
             DELETE FROM idempotency_keys
             WHERE tenant = $1 AND key = $2 AND response_status IS NULL AND recovery_point = 'started'
+              AND ($3::timestamptz IS NULL OR locked_until = $3)
         )
         UPDATE idempotency_keys SET locked_until = NULL
         WHERE tenant = $1 AND key = $2 AND response_status IS NULL AND recovery_point <> 'started'
+          AND ($3::timestamptz IS NULL OR locked_until = $3)
         """,
         tenant,
         key,
+        owned_until,
     )
 
 
