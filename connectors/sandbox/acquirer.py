@@ -18,6 +18,8 @@ out). Repeats count as their base MTI (0221 as 0220, 0401 as 0400).
 
 The book is read in-process (:meth:`AcquirerSimulator.book_view`) and over HTTP only through the
 ``books`` sandbox service (``GET /books``, :mod:`connectors.sandbox.books`): the acquirer speaks TCP only.
+That service also restarts it (``POST /restart``): :meth:`~AcquirerSimulator.close` and open again on
+the same port; forgetting drops committed charges, which a real acquirer never does.
 """
 
 from __future__ import annotations
@@ -221,6 +223,21 @@ class AcquirerSimulator:
                 await asyncio.gather(*self._handlers, *self._tasks, return_exceptions=True)
                 if server is not None:
                     await server.wait_closed()
+
+    # ---- restarts (connectors.sandbox.common.Restarter) ----------------------------------------
+
+    async def stop_listening(self) -> None:
+        self._requested_port = self.port  # come back on this port, even if the OS chose it
+        await self.close()
+
+    async def listen(self) -> None:
+        await self.open()
+
+    def forget(self) -> None:
+        """Drop the book and the answers by RRN (fault knobs and traffic counters stay)."""
+        self.book.clear()
+        self._answers.clear()
+        self._closed_rrns.clear()
 
     # ---- connections -------------------------------------------------------------------------
 

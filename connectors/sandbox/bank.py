@@ -176,6 +176,10 @@ class BankSandbox(CallbackSimulator):
         self.app.router.add_post("/simulate/config", self._config)
         self.app.router.add_get("/book", self._book)
 
+    def forget(self) -> None:
+        super().forget()
+        self.transfers = Records(MAX_TRANSFERS, lambda t: t.transfer_id)
+
     def find(self, ref: str) -> Transfer | None:
         """By our reference or by the bank's transfer id."""
         return self.transfers.find(ref)

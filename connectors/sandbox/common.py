@@ -1,5 +1,15 @@
-"""Helpers shared by the simulators: serving an aiohttp app, fault knobs, JSON bodies and errors;
-and, for the bank and the e-wallet, signed callbacks and the refund call they both answer."""
+"""Helpers shared by the simulators: serving an aiohttp app, fault knobs, restarts, JSON bodies and
+errors; and, for the bank and the e-wallet, signed callbacks and the refund call they both answer.
+
+Restarts (``POST /restart`` on the books service, :mod:`connectors.sandbox.books`): every simulator is
+:class:`Restartable`. A :class:`Restarter` takes one down as a real processor or biller restarts (it
+stops listening, so new connections are refused, and cuts the open ones), forgets its records if asked,
+and listens again on the same port after a while. Forgetting gives the simulator a fresh, empty state:
+its book, records, pending transfers or orders and their timers, callbacks not sent yet; its
+configuration, keys, serial counters and fault knobs stay. It is meant for billers (utility, telecom),
+whose un-answered postings are lost in a crash; forgetting the acquirer's or the bank's book drops
+*committed* money, so a test doing it breaks conservation on purpose.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +20,7 @@ import ssl
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Generic, Protocol, Self, TypeVar
+from typing import Annotated, Any, Final, Generic, Protocol, Self, TypeVar, runtime_checkable
 
 import aiohttp
 import msgspec
@@ -24,6 +34,7 @@ from gateway.logs import get_logger
 
 # The callback machinery below was born in the bank simulator; its lines keep that logger name.
 log = get_logger("connectors.sandbox.bank")
+restart_log = get_logger("connectors.sandbox")
 
 CLIENT_CERT_NAME: Final = "sandbox"
 RETRY_DELAYS: Final = (0.5, 1.0, 2.0)
@@ -36,6 +47,20 @@ Amount = Annotated[int, msgspec.Meta(gt=0, le=10**15)]
 
 class Simulator(Protocol):
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Restartable(Protocol):
+    """A simulator that can go down and come back on its port (see :class:`Restarter`)."""
+
+    async def stop_listening(self) -> None:
+        """Refuse new connections and cut the open ones."""
+
+    async def listen(self) -> None:
+        """Listen again, on the port listened on before."""
+
+    def forget(self) -> None:
+        """A fresh, empty state: drop the records and cancel their pending work; settings stay."""
 
 
 @dataclass
@@ -58,6 +83,8 @@ class Faults:
 
 
 FAULTS = web.AppKey("faults", Faults)
+# What HttpSimulator.forget() calls: the app's records cleared (utility, telecom).
+FORGET: Final[web.AppKey[Callable[[], None]]] = web.AppKey("forget")
 # Never slowed, failed or dropped by the fault knobs: turning them off, and reading the book.
 FAULT_EXEMPT: Final = frozenset({"/faults", "/book"})
 
@@ -86,17 +113,45 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
     return await handler(request)
 
 
-def simulator_app() -> web.Application:
-    """An aiohttp app with fault knobs at POST /faults (not applied to /faults and /book)."""
+def simulator_app(forget: Callable[[], None] | None = None) -> web.Application:
+    """An aiohttp app with fault knobs at POST /faults (not applied to /faults and /book);
+    ``forget`` empties its records on a restart that forgets (see :class:`HttpSimulator`)."""
     app = web.Application(middlewares=[fault_middleware])
     app[FAULTS] = Faults()
+    if forget is not None:
+        app[FORGET] = forget
     app.router.add_post("/faults", set_faults)
     return app
 
 
 class HttpSimulator:
-    def __init__(self, runner: web.AppRunner) -> None:
+    """An aiohttp app served on ``host``:``port`` (the OS's choice when asked for 0); restartable."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
         self.runner = runner
+        self.host = host
+        self.port = port
+        self._site: web.TCPSite | None = None
+
+    async def listen(self) -> None:
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        self._site = site
+        self.port = int(self.runner.addresses[0][1])
+
+    async def stop_listening(self) -> None:
+        site, self._site = self._site, None
+        if site is not None:
+            await site.stop()
+        server = self.runner.server
+        for connection in server.connections if server is not None else ():
+            if connection.transport is not None:
+                connection.transport.abort()
+
+    def forget(self) -> None:
+        forget = self.runner.app.get(FORGET)
+        if forget is not None:
+            forget()
 
     async def close(self) -> None:
         await self.runner.cleanup()
@@ -105,15 +160,59 @@ class HttpSimulator:
 async def serve_app(app: web.Application, host: str, port: int) -> HttpSimulator:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
-    return HttpSimulator(runner)
+    server = HttpSimulator(runner, host, port)
+    await server.listen()
+    return server
 
 
 def bound_port(server: HttpSimulator, asked: int) -> int:
     """The port actually listened on: ``asked``, or the one the OS chose when asked for port 0."""
-    if asked:
-        return asked
-    return int(server.runner.addresses[0][1])
+    return asked or server.port
+
+
+class Restarting(Exception):
+    """The simulator is still down from an earlier restart."""
+
+
+class Restarter:
+    """Restarts one simulator on demand: down now, up again ``down_for`` seconds later."""
+
+    def __init__(self, simulator: Restartable) -> None:
+        self.simulator = simulator
+        self.up = True
+        self.restarts = 0  # restarts begun
+        self._comeback: asyncio.Task[None] | None = None
+
+    async def restart(self, down_for: float, forget: bool) -> None:
+        """Returns once the simulator is down (and its records forgotten if ``forget``); it listens
+        again in the background. Raises :class:`Restarting` while it is down from an earlier call."""
+        if not self.up:
+            raise Restarting
+        self.up = False
+        self.restarts += 1
+        try:
+            await self.simulator.stop_listening()
+            if forget:
+                self.simulator.forget()
+        finally:  # comes back even if stopping failed half-way
+            self._comeback = asyncio.create_task(self._come_back(down_for))
+
+    async def _come_back(self, down_for: float) -> None:
+        await asyncio.sleep(down_for)
+        while True:
+            try:
+                await self.simulator.listen()
+                break
+            except OSError as exc:  # e.g. someone else took the port meanwhile: try again
+                restart_log.warning("sandbox.listen_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+        self.up = True
+
+    async def close(self) -> None:
+        """Cancel a pending come-back (the sandbox is shutting down)."""
+        if self._comeback is not None:
+            self._comeback.cancel()
+            await asyncio.gather(self._comeback, return_exceptions=True)
 
 
 def error_response(status: int, code: str, message: str = "") -> web.Response:
@@ -368,12 +467,46 @@ class CallbackSender:
         return delivery
 
 
-class CallbackSimulator:
-    """An HTTP simulator that signs and sends callbacks, from background tasks (settling, paying).
+class AppSimulator:
+    """An HTTP simulator around ``self.app`` (subclasses add their routes); restartable.
 
     ``port=None`` listens on the configured sandbox port of ``service``; ``port=0`` on a free one:
-    read ``.port`` after :meth:`start`. Subclasses add their routes to ``self.app``.
+    read ``.port`` after :meth:`start`.
     """
+
+    def __init__(
+        self, settings: Settings, *, service: SandboxService, host: str | None, port: int | None
+    ) -> None:
+        self.host = host or settings.sandbox.host
+        self.port = settings.sandbox.port(service) if port is None else port
+        self.app = simulator_app()
+        self._server: HttpSimulator | None = None
+
+    async def start(self) -> Self:
+        self._server = await serve_app(self.app, self.host, self.port)
+        self.port = self._server.port
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            await self._server.close()
+
+    def _served(self) -> HttpSimulator:
+        assert self._server is not None, "start() first"
+        return self._server
+
+    async def stop_listening(self) -> None:
+        await self._served().stop_listening()
+
+    async def listen(self) -> None:
+        await self._served().listen()
+
+    def forget(self) -> None:
+        """Nothing kept by default (the FX feed); simulators with records override."""
+
+
+class CallbackSimulator(AppSimulator):
+    """An HTTP simulator that signs and sends callbacks, from background tasks (settling, paying)."""
 
     def __init__(
         self,
@@ -385,26 +518,25 @@ class CallbackSimulator:
         host: str | None,
         port: int | None,
     ) -> None:
-        self.host = host or settings.sandbox.host
-        self.port = settings.sandbox.port(service) if port is None else port
+        super().__init__(settings, service=service, host=host, port=port)
         self._tasks: set[asyncio.Task[None]] = set()
         self.callbacks = CallbackSender(settings, header=header, connector=connector)
-        self.app = simulator_app()
-        self._server: HttpSimulator | None = None
 
     async def start(self) -> Self:
         await self.callbacks.start()
-        self._server = await serve_app(self.app, self.host, self.port)
-        self.port = bound_port(self._server, self.port)
-        return self
+        return await super().start()
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.close()
+        await super().close()
         await self.callbacks.close()
+
+    def forget(self) -> None:
+        """Cancel the pending work (timers, callbacks); subclasses drop their records too."""
+        for task in list(self._tasks):
+            task.cancel()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)

@@ -170,6 +170,10 @@ class EwalletSandbox(CallbackSimulator):
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def forget(self) -> None:
+        super().forget()
+        self.orders = Records(MAX_ORDERS, lambda o: o.order_id)
+
     def find(self, ref: str) -> Order | None:
         """By our reference or by the wallet's order id; an order past its time-out is closed here."""
         order = self.orders.find(ref)

@@ -25,8 +25,7 @@ import msgspec
 from aiohttp import web
 
 from config.settings import Settings
-from connectors.sandbox.bank import bound_port, decode_body, error_response
-from connectors.sandbox.common import HttpSimulator, serve_app, simulator_app
+from connectors.sandbox.common import AppSimulator, decode_body, error_response
 
 # Units of each currency per 1 USD (mid rates).
 USD_RATES: Final[dict[str, Decimal]] = {
@@ -73,26 +72,15 @@ def _rfc3339(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class FxSandbox:
-    """The feed. ``frozen_as_of`` (public) pins the published as_of: set it in the past for stale rates."""
+class FxSandbox(AppSimulator):
+    """The feed. ``frozen_as_of`` (public) pins the published as_of: set it in the past for stale rates.
+    It keeps no records: a restart that forgets changes nothing."""
 
     def __init__(self, settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-        self.host = host or settings.sandbox.host
-        self.port = settings.sandbox.fx if port is None else port
+        super().__init__(settings, service="fx", host=host, port=port)
         self.frozen_as_of: datetime | None = None
-        self.app = simulator_app()
         self.app.router.add_get("/rates", self._rates)
         self.app.router.add_post("/simulate/freeze", self._freeze)
-        self._server: HttpSimulator | None = None
-
-    async def start(self) -> FxSandbox:
-        self._server = await serve_app(self.app, self.host, self.port)
-        self.port = bound_port(self._server, self.port)
-        return self
-
-    async def close(self) -> None:
-        if self._server is not None:
-            await self._server.close()
 
     def freeze(self, *, age_seconds: float | None = None, as_of: datetime | None = None) -> None:
         """Publish rates as of a fixed moment (``age_seconds`` ago, or ``as_of``); no argument thaws."""

@@ -21,8 +21,7 @@ import msgspec
 from aiohttp import web
 
 from config.settings import Settings
-from connectors.sandbox.bank import bound_port, decode_body
-from connectors.sandbox.common import HttpSimulator, serve_app, simulator_app
+from connectors.sandbox.common import AppSimulator, decode_body
 
 CAPACITY: Final = 10_000
 UNFILTERED_LIMIT: Final = 100
@@ -45,7 +44,7 @@ class Message(msgspec.Struct, frozen=True):
         return {"to": self.to, "channel": self.channel, "body": self.body, "sent": self.sent}
 
 
-class MessageSink:
+class MessageSink(AppSimulator):
     def __init__(
         self,
         settings: Settings,
@@ -54,22 +53,13 @@ class MessageSink:
         host: str | None = None,
         port: int | None = None,
     ) -> None:
-        self.host = host or settings.sandbox.host
-        self.port = settings.sandbox.messages if port is None else port
+        super().__init__(settings, service="messages", host=host, port=port)
         self.messages: deque[Message] = deque(maxlen=capacity)
-        self.app = simulator_app()
         self.app.router.add_post("/messages", self._post)
         self.app.router.add_get("/messages", self._list)
-        self._server: HttpSimulator | None = None
 
-    async def start(self) -> MessageSink:
-        self._server = await serve_app(self.app, self.host, self.port)
-        self.port = bound_port(self._server, self.port)
-        return self
-
-    async def close(self) -> None:
-        if self._server is not None:
-            await self._server.close()
+    def forget(self) -> None:
+        self.messages.clear()
 
     def sent_to(self, to: str) -> list[Message]:
         return [m for m in self.messages if m.to == to]

@@ -1,6 +1,7 @@
 """Start every simulator on its port: ``payhub sandbox`` (own process) or ``serve --sandbox``.
 
-After the simulators, the ``books`` service (:mod:`connectors.sandbox.books`), which reads their books."""
+After the simulators, the ``books`` service (:mod:`connectors.sandbox.books`), which reads their books
+and restarts any of them on demand (``POST /restart``)."""
 
 from __future__ import annotations
 

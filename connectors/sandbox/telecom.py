@@ -294,8 +294,9 @@ async def book(request: web.Request) -> web.Response:
 
 def telecom_app(settings: Settings) -> web.Application:
     config = settings.connectors.get("telecom_topup", ConnectorSettings())
-    app = simulator_app()
-    app[TELECOM_STATE] = TelecomState(secret=(config.secret or DEV_SECRET).encode())
+    state = TelecomState(secret=(config.secret or DEV_SECRET).encode())
+    app = simulator_app(forget=state.topups.clear)
+    app[TELECOM_STATE] = state
     app.router.add_get("/operators/lookup", lookup)
     app.router.add_post("/topups", create_topup)
     app.router.add_get("/topups/{reference}", get_topup)

@@ -474,7 +474,7 @@ def utility_app(settings: Settings) -> web.Application:
         merchant_id=config.options.get("merchant_id", DEV_MERCHANT_ID),
         slow_pay_delay=config.read_timeout + SLOW_ANSWER_MARGIN,
     )
-    app = simulator_app()
+    app = simulator_app(forget=state.postings.clear)
     app[UTILITY_STATE] = state
 
     async def wake_sleepers(app: web.Application) -> None:
