@@ -3,7 +3,9 @@
 A transfer is accepted as *pending* (the payment shows ``processing``); the bank then POSTs a signed
 notice to ``/v1/connectors/<name>/callbacks`` on the gateway, which verifies it here
 (:meth:`BankTransferConnector.parse_callback`) and settles the attempt. If the notice never comes,
-the resolver's status inquiry (:meth:`~BankTransferConnector.sync`) settles it instead.
+the resolver's status inquiry (:meth:`~BankTransferConnector.sync`) settles it instead. A transfer
+still pending when the connector's budget (24 h by default) is spent is cancelled at the bank
+(:meth:`~BankTransferConnector.void`) and the payment ends ``canceled``.
 
 Options (``[connectors.<name>]``): ``secret`` (the shared callback secret, required),
 ``options.previous_secret`` (also accepted while the secret is rotated), ``options.callback_base``
@@ -19,8 +21,21 @@ from urllib.parse import quote
 import msgspec
 
 from connectors.bank_transfer import transformers as wire
-from connectors.base import CallbackNotice, ConnectorResult, InvalidParams, PaymentRequest
-from connectors.signed_http import SignedCallbackConnector
+from connectors.base import (
+    CallbackNotice,
+    ConnectorResult,
+    ConnectorUnavailable,
+    InvalidParams,
+    Outcome,
+    PaymentRequest,
+)
+from connectors.signed_http import SignedCallbackConnector, error_reason
+
+
+class TransferSettled(InvalidParams):
+    """The transfer cannot be cancelled because its money has arrived: the payment is settling."""
+
+    code = "transfer_settled"
 
 
 class BankTransferConnector(SignedCallbackConnector):
@@ -41,7 +56,20 @@ class BankTransferConnector(SignedCallbackConnector):
         raise InvalidParams("a bank transfer settles in full; there is nothing to capture")
 
     async def void(self, *, attempt_id: str, reference: str) -> ConnectorResult:
-        raise InvalidParams("a bank transfer cannot be voided; refund it once it has settled")
+        """Cancel a transfer the payer has not sent yet: the bank will not settle it any more (money
+        sent late goes back to the payer). The hub's terminal policy when the payment window ends."""
+        reply = await self._call("void", "POST", f"/transfers/{quote(reference, safe='')}/cancel")
+        if reply.status == 200:
+            transfer = self._decode(reply, wire.TransferReply, "void")
+            return ConnectorResult(Outcome.SUCCEEDED, transfer.transfer_id, raw_code=transfer.status)
+        reason = error_reason(reply)
+        if reply.status == 409:
+            # The money arrived meanwhile: the callback (or the status poll) settles the payment.
+            raise TransferSettled(f"{self.name}: transfer {reference} has settled ({reason})")
+        if reply.status == 404:
+            raise InvalidParams(f"{self.name}: no transfer {reference} at the bank")
+        # Cancelling moves no money whatever the bank did: "retry" leaves the payment as it was.
+        raise ConnectorUnavailable(f"{self.name}: HTTP {reply.status} on void ({reason})")
 
     async def refund(self, *, attempt_id: str, reference: str, amount: int, currency: str) -> ConnectorResult:
         path = f"/transfers/{quote(reference, safe='')}/refund"

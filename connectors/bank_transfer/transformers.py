@@ -37,6 +37,7 @@ __all__ = ["RefundReply", "RefundRequest", "refund_request", "refund_result"]
 PEER: Final = "the bank"
 SIGNATURE_HEADER: Final = "Bank-Signature"
 DECLINE_REJECTED: Final = "bank_rejected"
+DECLINE_CANCELED: Final = "transfer_canceled"
 
 # The bank's transfer statuses. Anything unlisted (a status added by the bank later) is *pending*:
 # it never settles a payment by itself; a later callback or inquiry will.
@@ -44,6 +45,7 @@ STATUS_MAP: Final[Mapping[str, Outcome]] = {
     "pending": Outcome.PENDING,
     "settled": Outcome.SUCCEEDED,
     "rejected": Outcome.FAILED,
+    "canceled": Outcome.FAILED,  # cancelled by us before the money arrived: it never will
 }
 
 _ACCOUNT_NUMBER = re.compile(r"^[0-9]{4,34}$")
@@ -97,12 +99,13 @@ def transfer_request(request: PaymentRequest, callback_url: str) -> TransferRequ
 def transfer_result(reply: TransferReply) -> ConnectorResult:
     outcome = outcome_of(reply.status)
     if outcome is Outcome.FAILED:
+        canceled = reply.status == "canceled"
         return ConnectorResult(
             Outcome.FAILED,
             reply.transfer_id,
-            decline_code=DECLINE_REJECTED,
-            message="rejected by the bank",
-            raw_code=reply.reason,
+            decline_code=DECLINE_CANCELED if canceled else DECLINE_REJECTED,
+            message="canceled before the money arrived" if canceled else "rejected by the bank",
+            raw_code=reply.reason or reply.status,
         )
     return ConnectorResult(outcome, reply.transfer_id, raw_code=reply.status)
 

@@ -10,7 +10,13 @@ API (JSON over HTTP; fault knobs at ``POST /faults``)::
     GET  /transfers/{ref}             → 200 the transfer (by our reference or the bank's transfer_id) · 404
     POST /transfers/{ref}/refund      {refund_reference, amount, currency} → 200 {refund_id, status, …}
                                       (de-duplicated on refund_reference; 409 not settled / too much)
+    POST /transfers/{ref}/cancel      a pending transfer → 200 status "canceled": it can no longer
+                                      settle (money sent late goes back to the payer); a canceled or
+                                      rejected one → 200 as it is; 409 transfer_settled · 404
     POST /simulate/settle/{ref}       settle now (the account's callback rule applies)
+    POST /simulate/notify/{ref}       send the signed notice again now ({"status": …} optional, default
+                                      the transfer's status): duplicate and late callbacks for tests;
+                                      → 200 {"delivered": receiver's HTTP status or null, "attempts"}
     POST /simulate/config             {"settle_after": seconds}
     GET  /book                        {"transfers": [...]}: what the bank moved, by reference (exempt
                                       from the fault knobs; see connectors.sandbox.books)
@@ -105,6 +111,10 @@ class TransferIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     callback_url: Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=2048)]
 
 
+class NotifyIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    status: Literal["pending", "settled", "rejected", "canceled"] | None = None
+
+
 class ConfigIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     settle_after: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
@@ -117,7 +127,7 @@ class Transfer:
     amount: int
     currency: str
     callback_url: str
-    status: Literal["pending", "settled", "rejected"] = "pending"
+    status: Literal["pending", "settled", "rejected", "canceled"] = "pending"
     reason: str | None = None
     refunded: int = 0
     refunds: dict[str, Refund] = field(default_factory=dict)
@@ -172,7 +182,9 @@ class BankSandbox(CallbackSimulator):
         self.app.router.add_post("/transfers", self._create)
         self.app.router.add_get("/transfers/{ref}", self._get)
         self.app.router.add_post("/transfers/{ref}/refund", self._refund)
+        self.app.router.add_post("/transfers/{ref}/cancel", self._cancel)
         self.app.router.add_post("/simulate/settle/{ref}", self._simulate_settle)
+        self.app.router.add_post("/simulate/notify/{ref}", self._simulate_notify)
         self.app.router.add_post("/simulate/config", self._config)
         self.app.router.add_get("/book", self._book)
 
@@ -235,6 +247,24 @@ class BankSandbox(CallbackSimulator):
         if transfer is None:
             return error_response(404, "transfer_not_found")
         return refund(transfer, params, REFUNDS)
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        transfer = self.find(request.match_info["ref"])
+        if transfer is None:
+            return error_response(404, "transfer_not_found")
+        if transfer.status == "settled":
+            return error_response(409, "transfer_settled", "the money has arrived: refund it instead")
+        if transfer.status == "pending":
+            transfer.status = "canceled"
+        return web.json_response(transfer.view())
+
+    async def _simulate_notify(self, request: web.Request) -> web.Response:
+        params: NotifyIn = await decode_body(request, NotifyIn) if request.can_read_body else NotifyIn()
+        try:
+            delivery = await self.notify(request.match_info["ref"], params.status)
+        except KeyError:
+            return error_response(404, "transfer_not_found")
+        return web.json_response({"delivered": delivery.status, "attempts": delivery.attempts})
 
     async def _simulate_settle(self, request: web.Request) -> web.Response:
         transfer = self.find(request.match_info["ref"])

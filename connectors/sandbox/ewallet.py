@@ -162,6 +162,7 @@ class EwalletSandbox(CallbackSimulator):
         self.app.router.add_post("/orders/{ref}/close", self._close)
         self.app.router.add_post("/orders/{ref}/refund", self._refund)
         self.app.router.add_post("/simulate/pay/{ref}", self._simulate_pay)
+        self.app.router.add_post("/simulate/notify/{ref}", self._simulate_notify)
         self.app.router.add_get("/checkout/{ref}", self._checkout)
         self.app.router.add_post("/simulate/config", self._config)
         self.app.router.add_get("/book", self._book)
@@ -292,6 +293,13 @@ class EwalletSandbox(CallbackSimulator):
 
     async def _notify(self, order: Order) -> None:
         await self.callbacks.send(order.notify_url, order.notice())
+
+    async def _simulate_notify(self, request: web.Request) -> web.Response:
+        try:
+            delivery = await self.notify(request.match_info["ref"])
+        except KeyError:
+            return error_response(404, "order_not_found")
+        return web.json_response({"delivered": delivery.status, "attempts": delivery.attempts})
 
     async def notify(self, ref: str) -> Delivery:
         """Send the signed notify for an order now (tests of duplicate or late notifies)."""

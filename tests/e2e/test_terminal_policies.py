@@ -6,6 +6,7 @@ with an event, a gauge and no more polling. Real gateway, PostgreSQL and simulat
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -114,3 +115,41 @@ async def test_a_refund_the_bank_never_answers_goes_to_the_manual_queue(stack: S
     assert await attempts(stack.gw, payment["id"]) == rows
     assert len(await events(stack.acme, payment["id"], "payment.manual_review")) == 1
     await silent.close()
+
+
+@pytest.mark.usefixtures("spend_at_once")
+async def test_a_bank_transfer_never_sent_is_cancelled_at_the_bank_and_a_late_notice_changes_nothing(
+    stack: Stack,
+) -> None:
+    stack.bank.settle_after = math.inf  # the payer never sends the money
+    created = await stack.acme.post("/v1/payments", bank_transfer("6222000011113333"))
+    payment = created.body
+    assert payment["status"] == "processing"
+    canceled = await wait_for_status(stack.acme, payment["id"], "canceled")
+    assert canceled["amount_captured"] == 0
+    transfer = stack.bank.find(payment["connector_reference"])
+    assert transfer is not None and transfer.status == "canceled"  # the bank's word: it cannot settle
+    rows = await attempts(stack.gw, payment["id"])
+    assert [(a["operation"], a["status"], a["next_check"]) for a in rows] == [
+        ("authorize", "failed", None),
+        ("void", "succeeded", None),
+    ]
+    # A forged-late "settled" notice (signed, as the bank would send it) moves nothing.
+    delivery = await stack.bank.notify(payment["connector_reference"], "settled")
+    assert delivery.status == 200
+    after = (await stack.acme.get(f"/v1/payments/{payment['id']}")).body
+    assert (after["status"], after["amount_captured"]) == ("canceled", 0)
+    assert await ledger_kinds(stack.gw, payment["id"]) == []
+    assert len(await events(stack.acme, payment["id"], "payment.canceled")) == 1
+
+
+@pytest.mark.usefixtures("spend_at_once")
+async def test_a_transfer_settled_when_the_budget_is_spent_is_collected_not_cancelled(stack: Stack) -> None:
+    stack.bank.settle_after = math.inf
+    created = await stack.acme.post("/v1/payments", bank_transfer("6222000011110005"))  # no callback
+    transfer = stack.bank.find(created.body["connector_reference"])
+    assert transfer is not None
+    transfer.status = "settled"  # the money arrived; the bank tells no one (0005: poll only)
+    settled = await wait_for_status(stack.acme, created.body["id"], "succeeded")
+    assert settled["amount_captured"] == 4200
+    assert await ledger_kinds(stack.gw, created.body["id"]) == ["payment.collect"]
