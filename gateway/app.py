@@ -25,6 +25,7 @@ from gateway.api import (
     callbacks,
     events,
     fx,
+    manual_reviews,
     openapi,
     payments,
     ping,
@@ -44,6 +45,7 @@ from gateway.keys import (
     FX,
     HOLDS,
     KEYRING,
+    MANUAL_REVIEWS,
     MESSAGES,
     METRICS,
     OUTBOUND,
@@ -62,6 +64,7 @@ from gateway.services.billers import BillerCatalog
 from gateway.services.bills import BillPoster
 from gateway.services.fx import FxRates, FxService
 from gateway.services.holds import Holds
+from gateway.services.manual_reviews import ManualReviews
 from gateway.services.messages import MessageDispatcher
 from gateway.services.payments import PaymentService
 from gateway.services.preferences import PreferencesService
@@ -132,6 +135,7 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
         name: Budget(config.inquiry_budget, config.inquiry_max_age)
         for name, config in settings.connectors.items()
     }
+    app[MANUAL_REVIEWS] = ManualReviews(app[DB_POOL], app[PAYMENTS], app[REFUNDS], bills, settler)
     app[RESOLVER] = Resolver(
         app[DB_POOL], app[PAYMENTS], app[REFUNDS], bills, app[METRICS], settler=settler, budgets=budgets
     )
@@ -301,6 +305,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     billers.setup(app)
     callbacks.setup(app)
     risk.setup(app)
+    manual_reviews.setup(app)
     preferences.setup(app)
     reminders.setup(app)
     fx.setup(app)

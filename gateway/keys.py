@@ -14,6 +14,7 @@ from gateway.reload import ConfigReloader
 from gateway.services.billers import BillerCatalog
 from gateway.services.fx import FxService
 from gateway.services.holds import Holds
+from gateway.services.manual_reviews import ManualReviews
 from gateway.services.messages import MessageDispatcher
 from gateway.services.payments import PaymentService
 from gateway.services.preferences import PreferencesService
@@ -36,6 +37,7 @@ BILLERS = web.AppKey("billers", BillerCatalog)
 PAYMENTS = web.AppKey("payments", PaymentService)
 REFUNDS = web.AppKey("refunds", RefundService)
 RESOLVER = web.AppKey("resolver", Resolver)
+MANUAL_REVIEWS = web.AppKey("manual_reviews", ManualReviews)  # the operators' manual queue
 FX = web.AppKey("fx", FxService)  # FX rates and quotes
 HOLDS = web.AppKey("holds", Holds)  # held payments: step-up answers and the review queue
 PREFERENCES = web.AppKey("preferences", PreferencesService)  # customers' notification preferences
@@ -57,6 +59,7 @@ __all__ = [
     "HOLDS",
     "IDENTITY",
     "KEYRING",
+    "MANUAL_REVIEWS",
     "MESSAGES",
     "METRICS",
     "OUTBOUND",

@@ -223,15 +223,28 @@ class BillPoster:
             return False  # asked again at the next pass, same reference
         if reversal.outcome is Outcome.PENDING:
             return False
-        # reversed → FAILED (the money goes back); refused → SUCCEEDED (the posting stood)
+        await self.reversal_answered(tenant, payment_id, reversal_id, post.id, reversal, caller=HUB)
+        return True
+
+    async def reversal_answered(
+        self,
+        tenant: str,
+        payment_id: str,
+        reversal_id: str,
+        post_id: str,
+        reversal: BillPosting,
+        *,
+        caller: Caller,
+    ) -> Response:
+        """A definite answer to a reversal: reversed → FAILED (the money goes back); refused →
+        SUCCEEDED (the posting stood). From the biller, or from an operator (the manual queue)."""
         async with self._pool.acquire() as conn:
             await store.end_attempt(
                 conn,
                 attempt_id=reversal_id,
                 status="succeeded" if reversal.outcome is Outcome.FAILED else "failed",
             )
-        await self.finish(tenant, payment_id, post.id, reversal, HUB, reversed_=True)
-        return True
+        return await self.finish(tenant, payment_id, post_id, reversal, caller, reversed_=True)
 
     async def _manual_review(
         self, tenant: str, payment_id: str, attempt_id: str, reason: str, *, operation: str = "post_bill"

@@ -947,7 +947,13 @@ class PaymentService:
     # ---- definite answers that arrive later (callbacks, status inquiries) ------------------
 
     async def settle_attempt(
-        self, connector: str, attempt_id: str, result: ConnectorResult, *, action: str = "payment.callback"
+        self,
+        connector: str,
+        attempt_id: str,
+        result: ConnectorResult,
+        *,
+        action: str = "payment.callback",
+        caller: Caller = HUB,
     ) -> bool:
         """Apply a definite answer (callback or status inquiry) to an attempt still in flight.
 
@@ -991,7 +997,7 @@ class PaymentService:
                 attempt.payment_id,
                 attempt_id,
                 decision,
-                caller=HUB,
+                caller=caller,
                 action=action,
             )
         if decision.post_bill and self.bills is not None:

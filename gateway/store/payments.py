@@ -803,6 +803,46 @@ async def to_manual_review(
     return bool(moved)
 
 
+@dataclass(frozen=True, slots=True)
+class ManualReview:
+    """An attempt waiting in the manual queue, as operators list it."""
+
+    attempt: Attempt
+    currency: str
+    reason: str
+    since: datetime
+
+
+_MANUAL_REVIEWS = f"""
+SELECT {", ".join("a." + column for column in ATTEMPT_COLUMNS.split(", "))}, 0::float8,
+       p.currency, a.manual_review_reason, a.manual_review_since
+FROM payment_attempts a JOIN payments p ON p.id = a.payment_id
+WHERE a.manual_review_since IS NOT NULL AND a.status IN ('started', 'pending', 'unknown')
+  AND ($1::text IS NULL OR a.id = $1)
+  AND ($2::timestamptz IS NULL OR (a.manual_review_since, a.id) > ($2, $3))
+ORDER BY a.manual_review_since, a.id
+LIMIT $4
+"""  # noqa: S608 - fixed column list
+
+
+def _manual_review(row: asyncpg.Record) -> ManualReview:
+    return ManualReview(Attempt(*row[:-3]), row[-3], row[-2], row[-1])
+
+
+async def manual_reviews(
+    conn: Connection, *, limit: int, starting_after: tuple[datetime, str] | None = None
+) -> list[ManualReview]:
+    """The manual queue across tenants, oldest first (operators work it)."""
+    since, after = starting_after or (None, None)
+    return [_manual_review(row) for row in await conn.fetch(_MANUAL_REVIEWS, None, since, after, limit)]
+
+
+async def manual_review(conn: Connection, *, attempt_id: str) -> ManualReview | None:
+    """One attempt of the manual queue (None when it is not, or no longer, in the queue)."""
+    row = await conn.fetchrow(_MANUAL_REVIEWS, attempt_id, None, None, 1)
+    return _manual_review(row) if row is not None else None
+
+
 async def manual_review_size(conn: Connection) -> int:
     """Attempts waiting in the manual queue, across tenants (for the gauge and its alert)."""
     size = await conn.fetchval(

@@ -86,6 +86,24 @@ def list_entry(row: Any) -> schemas.ListEntry:
     )
 
 
+def manual_review(queued: Any) -> schemas.ManualReview:
+    """An attempt in the manual queue (gateway.store.payments.ManualReview)."""
+    attempt = queued.attempt
+    return schemas.ManualReview(
+        id=attempt.id,
+        payment=attempt.payment_id,
+        tenant=attempt.tenant,
+        operation=attempt.operation,
+        connector=attempt.connector,
+        amount=attempt.amount,
+        currency=queued.currency,
+        refund=attempt.refund_id,
+        reason=queued.reason,
+        inquiries=attempt.tries,
+        since=timestamp(queued.since),
+    )
+
+
 def review(row: Any) -> schemas.Review:
     """A payment under review as the operator queue shows it (the id names the payment)."""
     risk = _json(row.risk)

@@ -179,6 +179,14 @@ class ReviewDecisionRequest(Input):
     note: ShortText | None = None
 
 
+class ResolveManualReviewRequest(Input):
+    """An operator's answer for an attempt in the manual queue (docs/faults.md)."""
+
+    outcome: Literal["succeeded", "failed"]
+    reference: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[!-~]+$")] | None = None
+    note: ShortText | None = None
+
+
 class CancelPaymentRequest(Input):
     cancellation_reason: Literal["duplicate", "fraudulent", "requested_by_customer", "abandoned"] | None = (
         None
@@ -292,6 +300,21 @@ class Review(Struct):
     risk: Risk | None
     created: str
     object: Literal["review"] = "review"
+
+
+class ManualReview(Struct):
+    id: str  # the attempt's id: the reference the processor or biller knows
+    payment: str
+    tenant: str
+    operation: Literal["authorize", "capture", "void", "refund", "post_bill", "reverse_bill"]
+    connector: str
+    amount: int
+    currency: str
+    refund: str | None
+    reason: str
+    inquiries: int
+    since: str
+    object: Literal["manual_review"] = "manual_review"
 
 
 class Payment(Struct):

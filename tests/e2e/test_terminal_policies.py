@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from crypto.pki import PkiPaths
 from gateway.keys import DB_POOL, METRICS, RESOLVER
 from gateway.server import RunningGateway
 from gateway.services.resolver import Budget
@@ -24,6 +25,7 @@ from tests.e2e.test_async_connectors import (
     wait_for_status,
     wallet,
 )
+from tests.support.api import api_client
 from tests.support.faultproxy import Fault, FaultProxy
 
 __all__ = ["stack"]  # the fixture, shared with test_async_connectors
@@ -84,7 +86,9 @@ async def test_a_wallet_order_never_paid_is_closed_when_its_budget_is_spent(stac
 
 
 @pytest.mark.usefixtures("spend_at_once")
-async def test_a_refund_the_bank_never_answers_goes_to_the_manual_queue(stack: Stack) -> None:
+async def test_a_refund_the_bank_never_answers_goes_to_the_manual_queue_and_an_operator_settles_it(
+    stack: Stack, pki: PkiPaths
+) -> None:
     created = await stack.acme.post("/v1/payments", bank_transfer("6222000011112222"))
     payment = await wait_for_status(stack.acme, created.body["id"], "succeeded")
     # The bank accepts connections and reads requests but never answers again.
@@ -115,6 +119,36 @@ async def test_a_refund_the_bank_never_answers_goes_to_the_manual_queue(stack: S
     assert await attempts(stack.gw, payment["id"]) == rows
     assert len(await events(stack.acme, payment["id"], "payment.manual_review")) == 1
     await silent.close()
+
+    # An operator works the queue: the bank says the refund never happened.
+    async with api_client(pki, "ops", stack.gw.api_port) as ops:
+        listed = await ops.get("/v1/manual_reviews")
+        assert listed.status == 200, listed.body
+        (item,) = [r for r in listed.body["data"] if r["payment"] == payment["id"]]
+        assert (item["operation"], item["reason"], item["amount"], item["currency"]) == (
+            "refund",
+            "refund_unanswered",
+            1000,
+            "CNY",
+        )
+        assert item["refund"] == refund.body["id"]
+        refused = await stack.acme.get("/v1/manual_reviews")
+        assert refused.status == 403  # operators only
+        resolved = await ops.post(f"/v1/manual_reviews/{item['id']}/resolve", {"outcome": "failed"})
+        assert resolved.status == 200, resolved.body
+        assert resolved.body["amount_refunded"] == 0  # refundable again
+        again = await ops.post(f"/v1/manual_reviews/{item['id']}/resolve", {"outcome": "succeeded"})
+        assert (again.status, again.body["error"]["code"]) == (404, "resource_missing")
+        empty = await ops.get("/v1/manual_reviews")
+        assert [r for r in empty.body["data"] if r["payment"] == payment["id"]] == []
+    failed = (await stack.acme.get(f"/v1/refunds/{refund.body['id']}")).body
+    assert (failed["status"], failed["failure"]["code"]) == ("failed", "operator_failed")
+    assert await resolver.manual_review_size() == 0
+    async with stack.gw.api[DB_POOL].acquire() as conn:
+        actor = await conn.fetchval(
+            "SELECT actor FROM audit_events WHERE object = $1 ORDER BY seq DESC LIMIT 1", refund.body["id"]
+        )
+    assert actor == "spiffe://payhub.local/tenant/ops/role/operator"
 
 
 @pytest.mark.usefixtures("spend_at_once")
