@@ -180,7 +180,9 @@ class BillPoster:
         try:
             result = await connector.status(attempt_id=attempt.id, biller=biller)
         except ConnectorError:
-            return False
+            # Unreachable: asked again later, until the budget is spent; then nothing can be
+            # decided (not even a reversal can be sent), so an operator decides.
+            return spent and await self._manual_review(tenant, payment_id, attempt.id, "biller_unreachable")
         if result.outcome is Outcome.PENDING:
             if result.code == REFERENCE_NOT_FOUND and attempt.tries >= REPOST_AFTER_TRIES:
                 # The biller has no record of the posting (never received, or lost in a restart):

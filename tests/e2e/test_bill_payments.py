@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 
@@ -340,3 +341,42 @@ async def test_a_bank_transfer_approved_in_review_waits_for_the_bank_like_any(
             held.body["id"],
         )
     assert tuple(attempt) == ("pending", True)  # answered pending: the resolver polls it at its back-off
+
+
+async def test_a_posting_whose_biller_stays_unreachable_goes_to_the_manual_queue_and_an_operator_posts_it(
+    acme: Api, running: Running, pki: PkiPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #16: nothing is polled forever. The posting times out, then the biller stops answering
+    (503 to everything) until the budget is spent: the manual queue, then the operator's answer."""
+    monkeypatch.setitem(running.gw.api[RESOLVER].budgets, "utility_biller", Budget(inquiries=1))
+    bill = await open_bill(acme, "0031257777")
+    paid = await acme.post("/v1/payments", bill_payment("0031257777", bill))
+    assert paid.body["bill_posting"]["status"] == "pending", paid.body
+    async with aiohttp.ClientSession() as session:
+        faults = f"http://127.0.0.1:{running.utility_port}/faults"
+        async with session.post(faults, json={"error_rate": 1.0}) as turned:
+            assert turned.status == 200
+    payment = paid.body
+    for _ in range(100):
+        await asyncio.sleep(0.2)
+        payment = (await acme.get(f"/v1/payments/{paid.body['id']}")).body
+        if payment["bill_posting"]["status"] != "pending":
+            break
+    assert (payment["status"], payment["bill_posting"]["status"]) == ("processing", "manual_review")
+    assert (await events_of(running, payment["id"])).count("payment.manual_review") == 1
+
+    async with api_client(pki, "ops", running.gw.api_port) as ops:
+        queue = (await ops.get("/v1/manual_reviews")).body["data"]
+        (item,) = [r for r in queue if r["payment"] == payment["id"]]
+        assert (item["operation"], item["reason"]) == ("post_bill", "biller_unreachable")
+        # The biller's own records (its recon file, a phone call) say the posting went through.
+        resolved = await ops.post(
+            f"/v1/manual_reviews/{item['id']}/resolve", {"outcome": "succeeded", "reference": "SER-42"}
+        )
+    assert resolved.status == 200, resolved.body
+    assert (resolved.body["status"], resolved.body["bill_posting"]) == (
+        "succeeded",
+        {"status": "posted", "biller_reference": "SER-42", "code": None},
+    )
+    assert (await events_of(running, payment["id"])).count("bill.posted") == 1
+    await ledger_is_consistent(running.gw)
