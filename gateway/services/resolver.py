@@ -150,9 +150,9 @@ class Resolver:
         if operation in ("post_bill", "reverse_bill"):
             return self._bills is not None and await self._bills.resolve(attempt, spent=spent)
         if operation == "refund":
-            if attempt.refund_id is None:
-                return False
-            if await self._refunds.finish(attempt.tenant, attempt.refund_id):
+            if attempt.refund_id is not None and await self._refunds.finish(
+                attempt.tenant, attempt.refund_id
+            ):
                 return True
             return spent and await self.manual_review(attempt, "refund_unanswered")
         if started and operation in ("capture", "void"):
@@ -163,8 +163,8 @@ class Resolver:
             with contextlib.suppress(errors.Conflict):
                 await self._payments.send_again(row, attempt)
             return True
-        if self._payments.connector(attempt.connector) is None:
-            return False
+        if self._payments.connector(attempt.connector) is None:  # removed from the config since
+            return spent and await self.manual_review(attempt, "connector_unknown")
         if await self._settled_by_inquiry(attempt):
             return True
         return spent and await self._spent(attempt)  # else asked again later, within the budget
