@@ -121,6 +121,7 @@ NOT_TENANT_OBJECTS: frozenset[tuple[str, str]] = frozenset(
         # there whatever the id (tests/e2e/test_risk.py, tests/unit/gateway/test_routes.py).
         ("POST", "/v1/reviews/{id}/approve"),
         ("POST", "/v1/reviews/{id}/reject"),
+        ("POST", "/v1/manual_reviews/{id}/resolve"),  # tests/e2e/test_terminal_policies.py: 403
         ("GET", "/v1/admin/lists/{list}"),
         ("HEAD", "/v1/admin/lists/{list}"),
         ("POST", "/v1/admin/lists/{list}"),

@@ -7,17 +7,36 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Coroutine
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import asyncpg
 
-from tests.model import checks
+from crypto.pki import PkiPaths
+from gateway.store.migrate import migrate
+from tests.model import checks, faults
 from tests.model import requests as rq
-from tests.model.harness import CHALLENGED, PHONE, REVIEWED, Client, History, Loop, Operation, Sandbox, Stack
-from tests.model.receiver import WebhookReceiver
+from tests.model.harness import (
+    BREAKER_RESET,
+    CHALLENGED,
+    PHONE,
+    REVIEWED,
+    Client,
+    History,
+    Loop,
+    Operation,
+    Sandbox,
+    Stack,
+)
+from tests.model.receiver import WebhookReceiver, model_receiver
+from tests.support.pgcluster import Cluster
 
 T = TypeVar("T")
 
@@ -27,6 +46,7 @@ IN_FLIGHT = (
     "prepaid", "wallet",
 )  # fmt: skip
 SLOW_IN_FLIGHT = ("slow_card", "timeout_card", "bill_late")  # still in flight whenever the kill comes
+HOLDS = (0.5, 1.0, 2.0, 3.0)  # seconds a fault other than a kill is held
 
 
 @dataclass(frozen=True)
@@ -36,6 +56,8 @@ class Profile:
     crashes_per_example: int  # at least (the teardown adds crashes if the rules drew fewer)
     max_crashes: int  # at most per example: beyond it the kill rule does nothing (bounds the run's time)
     quiesce: float  # seconds to wait for everything to settle before the checks
+    faults_per_class: int = 0  # at least, each fault class but gateway_kill (crashes count for it)
+    max_faults: int = 0  # at most per example, those classes together (the teardown's top-ups aside)
 
 
 @dataclass
@@ -62,17 +84,25 @@ class World:
     profile: Profile
     workdir: Path
     receiver: WebhookReceiver  # subscribed to every event type of the checker's tenant
+    cluster: Cluster  # the private PostgreSQL the gateway uses (postgres_restart restarts it)
     violations: dict[tuple[int, str, str], checks.Violation] = field(default_factory=dict)
     rules: list[str] = field(default_factory=list)  # every rule run, with its arguments
     steps: int = 0
     examples: int = 0
     quiet_after: list[float] = field(default_factory=list)  # seconds each quiescence took
     checked: str = "nothing"  # what the last checks covered
+    remembered: checks.Remembered = field(default_factory=checks.Remembered)
+    applications: list[faults.Application] = field(default_factory=list)
+    hub: checks.Hub | None = None  # as last read for the checks (attributes attempts to payments)
 
     def record(self, found: list[checks.Violation]) -> None:
         """Keep each violation once; an aggregate seen again after more traffic keeps its latest figures."""
         for v in found:
             self.violations[(v.invariant, v.objects[0], re.sub(r"[0-9]+", "#", v.message))] = v
+
+    async def books(self) -> checks.Books:
+        """The simulators' books, with what a biller that lost its state had booked before."""
+        return checks.Books.of(await self.sandbox.books(), self.remembered)
 
 
 class Actions:
@@ -90,6 +120,7 @@ class Actions:
         self.answers: list[checks.Violation] = []  # answers unlike the documented outcome
         self.step_violations: list[checks.Violation] = []
         self.crashes = 0
+        self.faults: Counter[str] = Counter()  # fault applications of this example, by class
         self.rnd = random.Random(len(self.world.history.operations))
         self.prepaid_base = self.rnd.randrange(10_000_000, 90_000_000)
 
@@ -129,12 +160,14 @@ class Actions:
     def pay_wallet(self, pid: str) -> None:
         """The payer pays the wallet order(s) of a payment (the sandbox is told never to on its own)."""
 
+        async def orders(conn: checks.Connection) -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await conn.fetch(
+                "SELECT id FROM payment_attempts WHERE payment_id = $1 AND operation = 'authorize'", pid
+            )
+            return rows
+
         async def pay() -> None:
-            async with self.world.pool.acquire() as conn:
-                refs = await conn.fetch(
-                    "SELECT id FROM payment_attempts WHERE payment_id = $1 AND operation = 'authorize'", pid
-                )
-            for ref in refs:
+            for ref in await checks.retrying(orders, self.world.pool):
                 await self.world.sandbox.pay_wallet(ref["id"])
 
         self.run(pay())
@@ -487,6 +520,48 @@ class Actions:
                 f"#{original.number}'s answer again, byte for byte, replayed",
             )
 
+    # ---- checks --------------------------------------------------------------------------------
+
+    def check_all(self) -> list[checks.Violation]:
+        """Quiescence, then every invariant against the hub and the books (merged across a biller's
+        lost state), with the answers and faults the model saw go wrong; recorded in the world."""
+        world = self.world
+        world.quiet_after.append(
+            self.run(checks.quiesce(world.pool, world.profile.quiesce, world.sandbox.books))
+        )
+        hub = self.run(checks.read_hub(world.pool))
+        books = self.run(world.books())
+        books.webhooks = world.receiver.receipts()
+        found = checks.check(hub, books, world.history) + self.step_violations + self.answers
+        found += [checks.Violation(0, ("gateway",), exit_) for exit_ in world.stack.unexpected_exits]
+        world.stack.unexpected_exits.clear()
+        world.checked = checks.coverage(hub, books)
+        world.hub = hub
+        world.record(found)
+        return found
+
+    # ---- faults --------------------------------------------------------------------------------
+
+    def random_fault(self, kind: str) -> list[str]:
+        """One application of ``kind`` with a drawn burst (the teardown's top-ups)."""
+        kinds = [self.rnd.choice(IN_FLIGHT) for _ in range(self.rnd.randrange(2, 5))]
+        kinds.append(self.rnd.choice(SLOW_IN_FLIGHT))
+        payment = self.rnd.choice(self.payment_ids) if self.payment_ids else None
+        if kind == "gateway_kill":
+            return self.crash_with(
+                kinds, self.rnd.randrange(0, 300), payment, self.rnd.choice([0.0, 0.1, 0.25])
+            )
+        burst = self.rnd.randrange(100, 1500)
+        return self.apply_fault(
+            kind,
+            kinds,
+            payment,
+            burst_ms=burst,
+            lead_ms=self.rnd.randrange(0, burst),
+            hold=self.rnd.choice(HOLDS),
+            pick=self.rnd.randrange(12),
+        )
+
     # ---- crashes -------------------------------------------------------------------------------
 
     def in_flight(self, kind: str, payment: str | None) -> tuple[Operation, str, int] | None:
@@ -546,35 +621,142 @@ class Actions:
         gateway, start it again, and retry every unanswered request with its same key and body until it
         gets an answer. ``latency`` slows the HTTP simulators meanwhile, so that the kill is more likely
         to land while the gateway waits for a processor or a biller."""
+        filed = self.apply_fault(
+            "gateway_kill", kinds, payment, burst_ms=delay_ms, lead_ms=delay_ms, hold=0.0, latency=latency
+        )
+        self.crashes += 1
+        return filed
+
+    def apply_fault(
+        self,
+        kind: str,
+        kinds: list[str],
+        payment: str | None,
+        *,
+        burst_ms: int,
+        lead_ms: int,
+        hold: float,
+        pick: int = 0,
+        latency: float = 0.0,
+    ) -> list[str]:
+        """A burst of requests fired at random moments over ``burst_ms``; the fault starts ``lead_ms``
+        into it, holds ``hold`` s and ends; every unanswered request is then retried with its same key
+        and body until answered, and the recovery is measured (:mod:`tests.model.faults`). During a
+        gateway kill each request gets one try until the restart (a retry would restart the gateway
+        itself); otherwise the client retries throughout, as a client app would."""
         world = self.world
-        planned = [p for p in (self.in_flight(kind, payment) for kind in kinds) if p is not None]
-        number = world.stack.kills + 1
+        planned = [p for p in (self.in_flight(kind_, payment) for kind_ in kinds) if p is not None]
+        app = faults.Application(kind, "", [op for op, _, _ in planned])
+        world.applications.append(app)
+        injector = faults.injector(world, kind, hold, pick, app, latency)
+        app.detail = injector.detail
+        try_once = kind == "gateway_kill"
 
         async def fire(op: Operation) -> None:
-            await asyncio.sleep(self.rnd.uniform(0, delay_ms) / 1000)
-            await world.client.send(op)
+            await asyncio.sleep(self.rnd.uniform(0, burst_ms) / 1000)
+            await (world.client.send(op) if try_once else world.client.settle(op))
 
         async def go() -> None:
-            await world.sandbox.set_latency(latency)
-            tasks = [asyncio.ensure_future(fire(op)) for op, _, _ in planned]
-            await asyncio.sleep(delay_ms / 1000)
-            world.stack.kill_gateway()
+            if injector.prepare is not None:
+                await injector.prepare()
+            tasks = [asyncio.ensure_future(fire(op)) for op in app.operations]
+            await asyncio.sleep(lead_ms / 1000)
+            app.started = time.time()
+            await injector.begin()
+            await asyncio.sleep(hold)
+            await injector.end()
+            app.ended, ended = time.time(), time.monotonic()
             await asyncio.gather(*tasks)
-            await world.client.reset()
-            await world.sandbox.set_latency(0.0)
-            await world.stack.start_gateway()
-            for op, _, _ in planned:
+            for op in app.operations:
                 op.notes.append(
-                    f"in flight at kill -9 #{number} ({delay_ms} ms, simulator latency {latency} s)"
+                    f"in flight at {kind}: {app.detail} ({lead_ms} ms into a {burst_ms} ms burst)"
                 )
-            await asyncio.gather(*(world.client.settle(op) for op, _, _ in planned))
+            await asyncio.gather(*(world.client.settle(op) for op in app.operations))
+            await faults.recover(world.pool, app, ended)
+            # The first call after a fault that opened a connector's circuit must find it half-open.
+            await asyncio.sleep(max(0.0, BREAKER_RESET + 0.5 - (time.monotonic() - ended)))
 
         self.run(go())
-        self.crashes += 1
+        self.faults[kind] += 1
+        number = len(world.applications) - 1
+        self.answers += [
+            checks.Violation(0, (f"fault:{kind}:{number}",), f"{kind} ({app.detail}): {failure}")
+            for failure in app.failures
+        ]
         filed: list[str] = []
-        for op, kind, amount in planned:
-            if kind:
-                filed += self.file(op, kind, amount)
+        for op, noted, amount in planned:
+            if noted:
+                filed += self.file(op, noted, amount)
             elif op.status == 200:
                 self.replayable.append(op)
         return filed
+
+
+# ---- the world ---------------------------------------------------------------------------------
+
+
+async def _pool(db_url: str) -> asyncpg.Pool:
+    # No floor: asyncpg would keep reconnecting it (and logging) while PostgreSQL restarts.
+    return await asyncpg.create_pool(db_url, min_size=0, max_size=4)
+
+
+async def _migrated(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def open_world(home: Path, workdir: Path, profile: Profile) -> Iterator[World]:
+    """The processes on a private PostgreSQL cluster (restartable: postgres_restart), the clients, the
+    webhook receiver; everything stopped and removed on exit."""
+    loop = Loop()
+    previous = asyncio.get_event_loop_policy().get_event_loop()
+    asyncio.set_event_loop(loop.loop)  # asyncpg binds its pool to the current loop
+    root = Path(tempfile.mkdtemp(prefix="payhub-model-pg-"))  # not tmp_path: PostgreSQL's user must reach it
+    cluster = Cluster.create(root)
+    receiver = model_receiver()
+    stack: Stack | None = None
+    clients: list[Client] = []
+    sandbox: Sandbox | None = None
+    try:
+        db_url = cluster.create_database("payhub")
+        loop.run(_migrated(db_url))
+        stack = Stack(home, db_url, workdir)
+        history = History()
+        client = Client(stack, PkiPaths(home / "pki"), history)
+        ops = Client(stack, PkiPaths(home / "pki"), history, tenant="ops")
+        clients = [client, ops]
+        sandbox = Sandbox(stack)
+        loop.run(stack.start())
+        loop.run(sandbox.wallet_never_pays_by_itself())
+        endpoint = loop.run(
+            client.call(
+                "webhook endpoint",
+                "POST",
+                "/v1/webhook_endpoints",
+                {"url": receiver.url, "enabled_events": ["*"]},
+                keyed=False,
+            )
+        )
+        assert endpoint.status == 200, endpoint.summary()
+        receiver.secret = endpoint.field("secret")
+        pool: asyncpg.Pool = loop.run(_pool(db_url))
+        try:
+            yield World(loop, stack, client, ops, sandbox, pool, history, profile, workdir, receiver, cluster)
+        finally:
+            loop.run(pool.close())
+    finally:
+        receiver.stop()
+        for each in clients:
+            loop.run(each.close())
+        if sandbox is not None:
+            loop.run(sandbox.close())
+        if stack is not None:
+            stack.stop()
+        loop.close()
+        asyncio.set_event_loop(previous)
+        cluster.destroy()
+        shutil.rmtree(root, ignore_errors=True)

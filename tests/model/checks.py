@@ -18,12 +18,13 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from connectors.iso8583_card.transformers import rrn_for
-from tests.model.harness import History
+from tests.model.harness import History, Try
 from tests.model.receiver import Receipt
 
 FINAL = frozenset({"succeeded", "failed", "canceled"})
@@ -86,39 +87,66 @@ def _jsonb(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+T = TypeVar("T")
+Connection = asyncpg.Connection | PoolConnectionProxy  # what a read is given
+# What a read sees while PostgreSQL restarts (postgres_restart): the pool's connections die with it.
+DB_DOWN = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+)
+DB_DEADLINE = 120.0
+
+
+async def retrying(read: Callable[[Connection], Awaitable[T]], pool: asyncpg.Pool) -> T:
+    """``read`` on a pooled connection, again on a fresh one while the database is away (the checker's
+    own reads must outlive a database restart); up to ``DB_DEADLINE`` s."""
+    started = time.monotonic()
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                return await read(conn)
+        except DB_DOWN:
+            if time.monotonic() - started > DB_DEADLINE:
+                raise
+            await asyncio.sleep(0.25)
+
+
 async def read_hub(pool: asyncpg.Pool) -> Hub:
-    async with pool.acquire() as conn:
-        payments = await conn.fetch(
-            """SELECT id, tenant, status, amount, currency, amount_authorized, amount_captured,
-                      amount_refunded, method, payment_method, capture_method, connector,
-                      connector_reference, biller, bill, bill_posting, destination_account, failure_code
-               FROM payments ORDER BY created, id"""
-        )
-        attempts = await conn.fetch(
-            """SELECT id, payment_id, operation, connector, amount, status, refund_id, next_check
-               FROM payment_attempts ORDER BY created, id"""
-        )
-        refunds = await conn.fetch(
-            "SELECT id, payment_id, amount, currency, status, reason FROM refunds ORDER BY created, id"
-        )
-        accounts = await conn.fetch(
-            "SELECT id, kind, currency, reference, available, pending FROM ledger_accounts"
-        )
-        entries = await conn.fetch(
-            "SELECT account_id, bucket, sum(amount)::bigint AS total FROM ledger_entries GROUP BY 1, 2"
-        )
-        events = await conn.fetch("SELECT id, tenant, type, created FROM events")
-        endpoints = await conn.fetch(
-            "SELECT id, tenant, enabled_events, status, created FROM webhook_endpoints"
-        )
-        deliveries = await conn.fetch(
-            "SELECT id::text AS id, event_id, endpoint_id, status, attempts FROM webhook_deliveries"
-        )
-        unbalanced = await conn.fetch(
-            """SELECT e.transaction_id, e.currency, sum(e.amount)::bigint AS total, t.kind, t.payment_id
-               FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
-               GROUP BY 1, 2, 4, 5 HAVING sum(e.amount) <> 0"""
-        )
+    return await retrying(_read_hub, pool)
+
+
+async def _read_hub(conn: Connection) -> Hub:
+    payments = await conn.fetch(
+        """SELECT id, tenant, status, amount, currency, amount_authorized, amount_captured,
+                  amount_refunded, method, payment_method, capture_method, connector,
+                  connector_reference, biller, bill, bill_posting, destination_account, failure_code
+           FROM payments ORDER BY created, id"""
+    )
+    attempts = await conn.fetch(
+        """SELECT id, payment_id, operation, connector, amount, status, refund_id, next_check
+           FROM payment_attempts ORDER BY created, id"""
+    )
+    refunds = await conn.fetch(
+        "SELECT id, payment_id, amount, currency, status, reason FROM refunds ORDER BY created, id"
+    )
+    accounts = await conn.fetch(
+        "SELECT id, kind, currency, reference, available, pending FROM ledger_accounts"
+    )
+    entries = await conn.fetch(
+        "SELECT account_id, bucket, sum(amount)::bigint AS total FROM ledger_entries GROUP BY 1, 2"
+    )
+    events = await conn.fetch("SELECT id, tenant, type, created FROM events")
+    endpoints = await conn.fetch("SELECT id, tenant, enabled_events, status, created FROM webhook_endpoints")
+    deliveries = await conn.fetch(
+        "SELECT id::text AS id, event_id, endpoint_id, status, attempts FROM webhook_deliveries"
+    )
+    unbalanced = await conn.fetch(
+        """SELECT e.transaction_id, e.currency, sum(e.amount)::bigint AS total, t.kind, t.payment_id
+           FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+           GROUP BY 1, 2, 4, 5 HAVING sum(e.amount) <> 0"""
+    )
     rows = []
     for row in payments:
         record = dict(row)
@@ -167,19 +195,23 @@ async def quiesce(
     """Wait until no payment is ``processing`` (a manual-review posting aside), no refund is
     ``pending`` and no payment still ``requires_action`` for a wallet order its payer has paid, at
     most ``deadline`` seconds; returns how long it took."""
+
+    async def busy_and_waiting(conn: Connection) -> tuple[int, list[asyncpg.Record]]:
+        busy = await conn.fetchval(
+            """SELECT (SELECT count(*) FROM payments WHERE status IN ('new', 'processing')
+                         AND coalesce(bill_posting->>'status', '') <> 'manual_review')
+                    + (SELECT count(*) FROM refunds WHERE status = 'pending')
+                    + (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')"""
+        )
+        waiting = await conn.fetch(
+            """SELECT a.id FROM payment_attempts a JOIN payments p ON p.id = a.payment_id
+               WHERE p.status = 'requires_action' AND p.method = 'wallet' AND a.operation = 'authorize'"""
+        )
+        return int(busy), waiting
+
     started = time.monotonic()
     while time.monotonic() - started < deadline:
-        async with pool.acquire() as conn:
-            busy = await conn.fetchval(
-                """SELECT (SELECT count(*) FROM payments WHERE status IN ('new', 'processing')
-                             AND coalesce(bill_posting->>'status', '') <> 'manual_review')
-                        + (SELECT count(*) FROM refunds WHERE status = 'pending')
-                        + (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')"""
-            )
-            waiting = await conn.fetch(
-                """SELECT a.id FROM payment_attempts a JOIN payments p ON p.id = a.payment_id
-                   WHERE p.status = 'requires_action' AND p.method = 'wallet' AND a.operation = 'authorize'"""
-            )
+        busy, waiting = await retrying(busy_and_waiting, pool)
         if busy == 0 and waiting:
             orders = Books.of(await read_books()).external["ewallet"]
             busy = sum(1 for a in waiting if orders.get(a["id"], {}).get("status") == "paid")
@@ -202,11 +234,14 @@ class Books:
     webhooks: list[Receipt] = field(default_factory=list)  # the webhook receiver's own book
 
     @classmethod
-    def of(cls, raw: dict[str, Any]) -> Books:
+    def of(cls, raw: dict[str, Any], forgotten: Remembered | None = None) -> Books:
+        """``forgotten``: what a biller that lost its state had booked before (see :class:`Remembered`)."""
         books = cls(raw)
         for connector, (part, listing) in EXTERNAL.items():
             key = "rrn" if part == "acquirer" else "reference"
             books.external[connector] = {r[key]: r for r in raw.get(part, {}).get(listing, [])}
+        if forgotten is not None:
+            books.postings.update(forgotten.postings)
         for part, listing in BILLER_BOOKS:
             for record in raw.get(part, {}).get(listing, []):
                 books.postings[record["reference"]] = record
@@ -216,6 +251,22 @@ class Books:
         """The processor's record of one hub attempt (the acquirer keys by the attempt's RRN)."""
         ref = rrn_for(attempt_id) if connector == "iso8583_card" else attempt_id
         return self.external.get(connector, {}).get(ref)
+
+
+@dataclass
+class Remembered:
+    """The utility biller's postings read just before each restart that lost its state
+    (``biller_restart_lost``), accumulated across restarts: a restarted biller's book no longer lists
+    what it posted before, yet that money was posted. Merged into :meth:`Books.of` by reference: a record
+    in the current book replaces the remembered one (the hub re-posted under the same reference), a
+    record only remembered stays."""
+
+    postings: dict[str, dict[str, Any]] = field(default_factory=dict)  # reference → last record seen
+
+    def before_forgetting(self, raw: dict[str, Any]) -> None:
+        """Note the books read just before the biller forgets (a later read replaces an earlier one)."""
+        for record in raw.get("utility", {}).get("postings", []):
+            self.postings[record["reference"]] = record
 
 
 def payment_records(hub: Hub, books: Books, payment: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -705,10 +756,10 @@ def inv9_webhooks(hub: Hub, books: Books, history: History) -> list[Violation]:
             )
         if receipt.answered < 300:
             answered_ok.add(receipt.delivery)
-    for (delivery, attempt), times in seen.items():
+    for (delivery_id, attempt), times in seen.items():
         if times > 1:
             found.append(
-                Violation(9, (delivery,), f"attempt {attempt} arrived {times} times", duplicates=times - 1)
+                Violation(9, (delivery_id,), f"attempt {attempt} arrived {times} times", duplicates=times - 1)
             )
     known = {d["id"] for d in hub.deliveries}
     for delivery in hub.deliveries:
@@ -730,14 +781,20 @@ def inv9_webhooks(hub: Hub, books: Books, history: History) -> list[Violation]:
 
 def inv7_no_5xx(hub: Hub, books: Books, history: History) -> list[Violation]:
     """7. No request was ever answered with a 5xx (no answer while the gateway was down is not an answer).
-    The one documented exception: 503 ``rates_stale`` to an FX quote asked of a gateway that has
-    just restarted and not yet read the FX feed (docs/fx.md); the request is asked again."""
+    The documented exceptions, asked again: 503 ``rates_stale`` to an FX quote asked of a gateway that
+    has just restarted and not yet read the FX feed (docs/fx.md), and 503 ``database_unavailable``
+    while PostgreSQL is away."""
     return [
         Violation(7, (f"#{op.number}",), f"answered {t.status}: {op.summary()} :: {t.raw[:200]!r}")
         for op in history
         for t in op.tries
-        if t.status is not None and t.status >= 500 and not t.rates_stale
+        if is_5xx(t)
     ]
+
+
+def is_5xx(attempt: Try) -> bool:
+    """An error answer: any 5xx but the documented retry-later 503s."""
+    return attempt.status is not None and attempt.status >= 500 and not attempt.unavailable
 
 
 INVARIANTS: tuple[Callable[[Hub, Books, History], list[Violation]], ...] = (
@@ -812,9 +869,7 @@ class Figures:
             status = op.status
             if status is not None and 200 <= status < 300:
                 figures.acknowledged += 1
-            figures.five_xx += sum(
-                1 for t in op.tries if t.status is not None and t.status >= 500 and not t.rates_stale
-            )
+            figures.five_xx += sum(1 for t in op.tries if is_5xx(t))
             figures.cut += int(any(t.status is None for t in op.tries))
             figures.rate_limited += sum(1 for t in op.tries if t.status == 429)
         for v in violations:

@@ -31,6 +31,7 @@ import aiohttp
 import orjson
 
 from crypto.pki import PkiPaths
+from tests.support.faultproxy import ProxyThread, ThreadedProxy
 from tests.support.mtls import client_context
 from tests.support.processes import config_with_free_sandbox_ports, free_port, payhub_env, start_payhub
 
@@ -44,6 +45,16 @@ UTILITY_READ_TIMEOUT = 2.0
 REQUEST_TIMEOUT = 45.0  # one try; longer than any connector time-out plus a reversal
 RETRY_DEADLINE = 75.0  # a request still unanswered after this long is reported as stuck
 READY_DEADLINE = 60.0
+# The links the gateway reaches through a fault proxy (tests.support.faultproxy): sandbox service →
+# (its connector, how the connector's ``endpoint`` names the proxy).
+PROXIED: dict[str, tuple[str, str]] = {
+    "acquirer": ("iso8583_card", "127.0.0.1:{port}"),
+    "utility": ("utility_biller", "http://127.0.0.1:{port}"),
+    "bank": ("bank_transfer", "http://127.0.0.1:{port}"),
+}
+# A fault opens a proxied connector's circuit breaker; a short reset lets the first call after the
+# fault be the half-open trial, so the rules after a fault see the documented outcomes again.
+BREAKER_RESET = 1.0
 
 
 class Loop:
@@ -66,9 +77,20 @@ class Loop:
 UNLIMITED = "unlimited"
 
 
-def prepare_config(directory: Path) -> Path:
+def _set_key(text: str, section: str, key: str, value: str) -> str:
+    """``key = value`` in TOML table ``[section]`` (added at the end if the table is missing)."""
+    header = f"[{section}]"
+    if not re.search(rf"(?m)^{re.escape(header)}$", text):
+        return text + f"\n{header}\n{key} = {value}\n"
+    body = text.partition(f"\n{header}\n")[2].partition("\n[")[0]
+    if re.search(rf"(?m)^{key} = ", body):
+        raise RuntimeError(f"[{section}] {key} is set already; the checker would not override it")
+    return re.sub(rf"(?m)^{re.escape(header)}$", f"{header}\n{key} = {value}", text, count=1)
+
+
+def prepare_config(directory: Path, proxies: dict[str, int] | None = None) -> Path:
     """The dev config with free sandbox ports (books included), shorter connector time-outs and no
-    rate limits."""
+    rate limits; ``proxies`` (sandbox service → port of its fault proxy) redirect those links."""
     path = config_with_free_sandbox_ports(directory)
     text = path.read_text()
     if not re.search(r"(?m)^books = \d+", text):
@@ -99,6 +121,10 @@ def prepare_config(directory: Path) -> Path:
         text += "\n[webhooks]\n" + MODEL_WEBHOOKS
     if "[connectors.iso8583_card]" not in text:
         text += f"\n[connectors.iso8583_card]\nread_timeout = {CARD_READ_TIMEOUT}\n"
+    for service, port in (proxies or {}).items():
+        connector, endpoint = PROXIED[service]
+        text = _set_key(text, f"connectors.{connector}", "endpoint", f'"{endpoint.format(port=port)}"')
+        text = _set_key(text, f"connectors.{connector}", "breaker_reset", str(BREAKER_RESET))
     path.write_text(text)
     return path
 
@@ -132,6 +158,9 @@ def sandbox_ports(config: Path) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"(?m)^([a-z]+) = (\d+)", section)}
 
 
+RETRY_LATER_503 = frozenset({"rates_stale", "database_unavailable"})
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -140,14 +169,18 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 class Stack:
-    """``payhub sandbox`` + ``payhub serve`` as child processes, logs under ``workdir``."""
+    """``payhub sandbox`` + ``payhub serve`` as child processes, logs under ``workdir``; the gateway
+    reaches the ``PROXIED`` simulators through fault proxies (:meth:`link`)."""
 
     def __init__(self, home: Path, db_url: str, workdir: Path) -> None:
         self.home = home
         self.db_url = db_url
         self.workdir = workdir
-        self.config = prepare_config(workdir)
+        self.proxy_ports = {service: free_port() for service in PROXIED}
+        self.config = prepare_config(workdir, self.proxy_ports)
         self.ports = sandbox_ports(self.config)
+        self.proxies: ProxyThread | None = None
+        self.links: dict[str, ThreadedProxy] = {}
         self.api_port = free_port()
         self.ops_port = free_port()
         self.sandbox: subprocess.Popen[bytes] | None = None
@@ -166,7 +199,14 @@ class Stack:
     async def start(self) -> None:
         self.sandbox = start_payhub("sandbox", env=self._env(), stdout=self.workdir / "sandbox.log")
         await self._until(self._books_answer, self.sandbox, self.workdir / "sandbox.log", "payhub sandbox")
+        self.proxies = ProxyThread()
+        for service, port in self.proxy_ports.items():
+            self.links[service] = self.proxies.add(self.ports[service], port=port)
         await self.start_gateway()
+
+    def link(self, service: str) -> ThreadedProxy:
+        """The fault proxy between the gateway and a simulator."""
+        return self.links[service]
 
     async def start_gateway(self) -> None:
         self.incarnation += 1
@@ -223,6 +263,8 @@ class Stack:
         await self.start_gateway()
 
     def stop(self) -> None:
+        if self.proxies is not None:
+            self.proxies.stop()
         for process in (self.gateway, self.sandbox):
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -260,13 +302,14 @@ class Try:
 
     @property
     def retry_later(self) -> bool:
-        """409 request_in_progress, 429, or 503 rates_stale (a gateway just restarted has not read
-        the FX feed yet): not an answer to the request, ask again."""
-        return self.in_progress or self.status == 429 or self.rates_stale
+        """409 request_in_progress, 429, or a documented 503: not an answer to the request, ask again."""
+        return self.in_progress or self.status == 429 or self.unavailable
 
     @property
-    def rates_stale(self) -> bool:
-        return self.status == 503 and self._code() == "rates_stale"
+    def unavailable(self) -> bool:
+        """A documented 503 with Retry-After, not an error: ``rates_stale`` (a gateway just restarted
+        has not read the FX feed yet) or ``database_unavailable`` (PostgreSQL is away)."""
+        return self.status == 503 and self._code() in RETRY_LATER_503
 
     def _code(self) -> str | None:
         body = self.body
@@ -516,7 +559,8 @@ class Client:
                 await self.reset()
             last = op.tries[-1] if op.tries else None
             if last is not None:
-                await asyncio.sleep(1.0 if last.status == 429 else 0.5 if last.in_progress else 0.2)
+                later = last.status == 429 or last.unavailable
+                await asyncio.sleep(1.0 if later else 0.5 if last.in_progress else 0.2)
             await self.send(op)
         return op
 
@@ -572,6 +616,23 @@ class Sandbox:
     async def pay_wallet(self, order: str) -> int:
         async with self._open().post(self.url("ewallet", f"/simulate/pay/{order}")) as resp:
             return resp.status
+
+    async def restart(self, service: str, down_for: float, *, forget: bool) -> tuple[int, str]:
+        """``POST /restart`` on the books service: 202 once ``service`` is down; it listens again after
+        ``down_for`` s, with its books emptied if ``forget``."""
+        body = {"service": service, "down_for": down_for, "forget": forget}
+        async with self._open().post(self.url("books", "/restart"), json=body) as resp:
+            return resp.status, await resp.text()
+
+    async def is_up(self, service: str) -> bool:
+        async with self._open().get(self.url("books", f"/restart/{service}")) as resp:
+            resp.raise_for_status()
+            return bool((await resp.json())["up"])
+
+    async def notify(self, service: str, reference: str, body: dict[str, Any] | None) -> tuple[int, str]:
+        """A bank or e-wallet simulator sends its signed callback for ``reference`` (again) now."""
+        async with self._open().post(self.url(service, f"/simulate/notify/{reference}"), json=body) as resp:
+            return resp.status, await resp.text()
 
     async def close(self) -> None:
         if self._session is not None:

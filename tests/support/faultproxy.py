@@ -5,13 +5,16 @@ misbehaves on demand, the way networks and peers do.
     proxy.set(Fault.delay(2.0))                          # every chunk each way waits 2 s
     proxy.set(Fault.reset())                             # new connections: RST at once (ECONNRESET)
     proxy.set(Fault.reset_after_request())               # the request reaches the peer, then RST
+    proxy.set(Fault.reset(open_too=True))                # … and on open links, at their next request
     proxy.set(Fault.blackhole())                         # accepted, read, never answered
     proxy.set(Fault.drop())                              # accepted and closed cleanly (EOF)
     proxy.set(Fault.cut(after=5))                        # forward 5 bytes of the answer, then close
     proxy.set(None)                                      # a faithful proxy again
 
 A fault applies to connections opened after it is set, except ``delay`` and ``cut``, which
-also apply to traffic on open connections from then on (a latency spike hits pooled links).
+also apply to traffic on open connections from then on (a latency spike hits pooled links), and
+``reset``/``reset_after_request`` with ``open_too``: an open connection's next request is then reset
+before it is forwarded / just after (a persistent link such as the ISO 8583 one is hit too).
 ``close_all()`` drops every open connection (a peer restart). The proxy counts connections and the
 bytes it passed each way, so a test can tell whether a request reached the peer.
 """
@@ -22,7 +25,12 @@ import asyncio
 import contextlib
 import socket
 import struct
+import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,18 +38,19 @@ class Fault:
     kind: str  # delay, reset, reset_after_request, blackhole, drop, cut
     seconds: float = 0.0
     after: int = 0  # cut: bytes of the answer to pass before closing
+    open_too: bool = False  # reset, reset_after_request: also at the next request of open connections
 
     @classmethod
     def delay(cls, seconds: float) -> Fault:
         return cls("delay", seconds=seconds)
 
     @classmethod
-    def reset(cls) -> Fault:
-        return cls("reset")
+    def reset(cls, *, open_too: bool = False) -> Fault:
+        return cls("reset", open_too=open_too)
 
     @classmethod
-    def reset_after_request(cls) -> Fault:
-        return cls("reset_after_request")
+    def reset_after_request(cls, *, open_too: bool = False) -> Fault:
+        return cls("reset_after_request", open_too=open_too)
 
     @classmethod
     def blackhole(cls) -> Fault:
@@ -70,6 +79,11 @@ def _abort(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, ValueError):  # ValueError: the socket is closed already
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+def _on_open(fault: Fault | None, kind: str) -> bool:
+    """Whether ``fault`` is ``kind`` and applies to connections already open."""
+    return fault is not None and fault.open_too and fault.kind == kind
 
 
 @dataclass
@@ -133,7 +147,7 @@ class FaultProxy:
                 await self._pump(reader, up_writer, answered, upstream=True, abort_client=writer)
                 return
             await asyncio.gather(
-                self._pump(reader, up_writer, answered, upstream=True),
+                self._pump(reader, up_writer, answered, upstream=True, client=writer),
                 self._pump(up_reader, writer, answered, upstream=False),
                 return_exceptions=True,
             )
@@ -150,12 +164,19 @@ class FaultProxy:
         *,
         upstream: bool,
         abort_client: asyncio.StreamWriter | None = None,
+        client: asyncio.StreamWriter | None = None,  # to reset on an open connection (open_too)
     ) -> None:
         try:
             while data := await source.read(65536):
                 fault = self.fault
                 if fault is not None and fault.kind == "delay":
                     await asyncio.sleep(fault.seconds)
+                if not upstream and _on_open(fault, "reset_after_request"):
+                    continue  # the link is reset at its next request: no answer comes back meanwhile
+                if upstream and client is not None and _on_open(fault, "reset"):
+                    _abort(client)  # the request never reaches the peer
+                    _abort(sink)
+                    return
                 if fault is not None and fault.kind == "cut" and not upstream:
                     room = max(fault.after - answered[0], 0)
                     if room < len(data):
@@ -168,6 +189,8 @@ class FaultProxy:
                 await sink.drain()
                 if upstream:
                     self.counts.to_upstream += len(data)
+                    if abort_client is None and client is not None and _on_open(fault, "reset_after_request"):
+                        abort_client = client
                     if abort_client is not None:
                         # The request went through; the answer never comes back.
                         await asyncio.sleep(0.05)
@@ -182,3 +205,77 @@ class FaultProxy:
         finally:
             with contextlib.suppress(Exception):
                 sink.close()
+
+
+class ProxyThread:
+    """Fault proxies on their own event loop in a daemon thread, for callers whose loop does not
+    always run (a hypothesis state machine runs its loop only inside each step): a proxy on such a
+    loop would freeze between steps. Every method is called from the caller's thread.
+
+        proxies = ProxyThread()
+        link = proxies.add(upstream_port, port=listen_port)   # a ThreadedProxy, listening
+        link.set(Fault.delay(5.0)); link.close_all(); link.set(None)
+        proxies.stop()
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="fault-proxies", daemon=True)
+        self._thread.start()
+        self.proxies: list[FaultProxy] = []
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def add(self, upstream_port: int, *, host: str = "127.0.0.1", port: int = 0) -> ThreadedProxy:
+        proxy = self.call(FaultProxy.start(upstream_port, host=host, port=port))
+        self.proxies.append(proxy)
+        return ThreadedProxy(self, proxy)
+
+    def stop(self) -> None:
+        if not self.loop.is_running():
+            return
+
+        async def close() -> None:
+            for proxy in self.proxies:
+                await proxy.close()
+            await asyncio.sleep(0.1)  # aborted connections end their tasks; cancel what is left
+            current = asyncio.current_task()
+            pending = [task for task in asyncio.all_tasks() if task is not current]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self.call(close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+@dataclass
+class ThreadedProxy:
+    """One proxy of a :class:`ProxyThread`; ``set`` and ``close_all`` run on the proxy's loop."""
+
+    runner: ProxyThread
+    proxy: FaultProxy
+
+    @property
+    def port(self) -> int:
+        return self.proxy.port
+
+    @property
+    def counts(self) -> Counts:
+        return self.proxy.counts
+
+    def set(self, fault: Fault | None) -> None:
+        async def apply() -> None:
+            self.proxy.set(fault)
+
+        self.runner.call(apply())
+
+    def close_all(self) -> None:
+        async def close() -> None:
+            self.proxy.close_all()
+
+        self.runner.call(close())

@@ -18,6 +18,7 @@ from gateway.app import create_app
 # DESIGN §5, by path prefix: the first match decides.
 POLICY: tuple[tuple[str, Roles], ...] = (
     ("/v1/reviews", OPERATOR),
+    ("/v1/manual_reviews", OPERATOR),  # the manual queue (docs/faults.md)
     ("/v1/admin", OPERATOR),
     ("/v1/ping", CLIENT_OR_OPERATOR),
     ("/v1/openapi.json", CLIENT_OR_OPERATOR),
