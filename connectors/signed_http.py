@@ -21,6 +21,7 @@ from config.settings import ConfigError, ConnectorSettings, SandboxService, Sett
 from connectors.base import (
     CallbackNotice,
     ConnectorResult,
+    ConnectorUnavailable,
     DuplicateReference,
     InvalidParams,
     Outcome,
@@ -286,6 +287,24 @@ class SignedCallbackConnector:
         if reply.status in (400, 422):
             raise InvalidParams(f"{self.name}: {noun} refused ({reason})")
         raise unexpected_answer(self.name, "authorize", reply, reason)
+
+    def _void_refused(
+        self, reply: HttpReply, reference: str, *, noun: str, paid: type[InvalidParams]
+    ) -> NoReturn:
+        """Raise what a close/cancel answer other than 200 means (``noun``: "transfer", "order").
+
+        409: the payer paid meanwhile (``paid``): the callback or the status poll settles the payment.
+        Anything else changed nothing a retry could not: closing moves no money whatever the peer did
+        (one closed anyway fails by the status inquiry; one still open can be paid or closed again),
+        so it is "retry" and the payment stays as it was. A 5xx or no answer is OutcomeUnknown from
+        the outbound client, as for every call.
+        """
+        reason = error_reason(reply)
+        if reply.status == 409:
+            raise paid(f"{self.name}: {noun} {reference} is already paid ({reason})")
+        if reply.status == 404:
+            raise InvalidParams(f"{self.name}: no {noun} {reference} at the peer")
+        raise ConnectorUnavailable(f"{self.name}: HTTP {reply.status} on void ({reason})")
 
     async def _refund(
         self, path: str, *, attempt_id: str, amount: int, currency: str, refused_by: str

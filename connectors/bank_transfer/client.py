@@ -24,12 +24,11 @@ from connectors.bank_transfer import transformers as wire
 from connectors.base import (
     CallbackNotice,
     ConnectorResult,
-    ConnectorUnavailable,
     InvalidParams,
     Outcome,
     PaymentRequest,
 )
-from connectors.signed_http import SignedCallbackConnector, error_reason
+from connectors.signed_http import SignedCallbackConnector
 
 
 class TransferSettled(InvalidParams):
@@ -62,14 +61,7 @@ class BankTransferConnector(SignedCallbackConnector):
         if reply.status == 200:
             transfer = self._decode(reply, wire.TransferReply, "void")
             return ConnectorResult(Outcome.SUCCEEDED, transfer.transfer_id, raw_code=transfer.status)
-        reason = error_reason(reply)
-        if reply.status == 409:
-            # The money arrived meanwhile: the callback (or the status poll) settles the payment.
-            raise TransferSettled(f"{self.name}: transfer {reference} has settled ({reason})")
-        if reply.status == 404:
-            raise InvalidParams(f"{self.name}: no transfer {reference} at the bank")
-        # Cancelling moves no money whatever the bank did: "retry" leaves the payment as it was.
-        raise ConnectorUnavailable(f"{self.name}: HTTP {reply.status} on void ({reason})")
+        self._void_refused(reply, reference, noun="transfer", paid=TransferSettled)
 
     async def refund(self, *, attempt_id: str, reference: str, amount: int, currency: str) -> ConnectorResult:
         path = f"/transfers/{quote(reference, safe='')}/refund"

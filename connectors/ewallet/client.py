@@ -20,14 +20,13 @@ import msgspec
 from connectors.base import (
     CallbackNotice,
     ConnectorResult,
-    ConnectorUnavailable,
     InvalidParams,
     Outcome,
     OutcomeUnknown,
     PaymentRequest,
 )
 from connectors.ewallet import transformers as wire
-from connectors.signed_http import SignedCallbackConnector, error_reason
+from connectors.signed_http import SignedCallbackConnector
 
 
 class OrderAlreadyPaid(InvalidParams):
@@ -70,17 +69,7 @@ class EwalletConnector(SignedCallbackConnector):
         if reply.status == 200:
             closed = self._decode(reply, wire.CloseReply, "void")
             return ConnectorResult(Outcome.SUCCEEDED, closed.order_id, raw_code=closed.status)
-        reason = error_reason(reply)
-        if reply.status == 409:
-            # Paid in the meantime: the notify (or the status poll) will settle the payment.
-            raise OrderAlreadyPaid(f"{self.name}: order {reference} is already paid ({reason})")
-        if reply.status == 404:
-            raise InvalidParams(f"{self.name}: no order {reference} at the wallet")
-        # Closing an order moves no money whatever the wallet did with it (an order closed anyway
-        # fails by the status inquiry; one still open can be paid or closed again), so the cancel
-        # is answered "retry" and the payment stays as it was. No fallback applies to a void. A 5xx
-        # or no answer is OutcomeUnknown from the outbound client, as for every call.
-        raise ConnectorUnavailable(f"{self.name}: HTTP {reply.status} on void ({reason})")
+        self._void_refused(reply, reference, noun="order", paid=OrderAlreadyPaid)
 
     async def refund(self, *, attempt_id: str, reference: str, amount: int, currency: str) -> ConnectorResult:
         path = f"/orders/{quote(reference, safe='')}/refund"

@@ -544,6 +544,13 @@ class Client:
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             attempt = Try(None, b"", False, repr(exc), time.time(), time.monotonic() - started, incarnation)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this request itself was cancelled
+            # The session was closed under the request (``reset`` after a kill): aiohttp cancels its
+            # pending host resolutions. No answer, like a cut connection: the request is retried.
+            attempt = Try(None, b"", False, repr(exc), time.time(), time.monotonic() - started, incarnation)
         op.tries.append(attempt)
         return attempt
 
