@@ -713,7 +713,10 @@ def open_world(home: Path, workdir: Path, profile: Profile) -> Iterator[World]:
     """The processes on a private PostgreSQL cluster (restartable: postgres_restart), the clients, the
     webhook receiver; everything stopped and removed on exit."""
     loop = Loop()
-    previous = asyncio.get_event_loop_policy().get_event_loop()
+    try:
+        previous: asyncio.AbstractEventLoop | None = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:  # pytest-asyncio leaves none set after its tests in this thread
+        previous = None
     asyncio.set_event_loop(loop.loop)  # asyncpg binds its pool to the current loop
     root = Path(tempfile.mkdtemp(prefix="payhub-model-pg-"))  # not tmp_path: PostgreSQL's user must reach it
     cluster = Cluster.create(root)
