@@ -173,9 +173,14 @@ class Resolver:
         """The terminal policy of an attempt whose budget is spent, the outcome still unknown."""
         async with self._pool.acquire() as conn:
             row = await store.get_payment(conn, tenant=attempt.tenant, payment_id=attempt.payment_id)
+            cancel = await store.latest_attempt(conn, payment_id=attempt.payment_id, operation="void")
         assert row is not None
         if attempt.operation != "authorize" or row.method not in CANCEL_WHEN_SPENT:
             return await self.manual_review(attempt, "outcome_unknown")
+        if cancel is not None:
+            # A cancel was sent before and did not end the payment (no answer, or refused): one
+            # cancel per payment, then an operator; never a new cancel attempt every pass.
+            return await self.manual_review(attempt, "cancel_unanswered")
         try:
             return await self._payments.expire(attempt)
         except errors.Conflict:

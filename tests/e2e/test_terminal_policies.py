@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,13 +58,16 @@ async def attempts(gw: RunningGateway, payment_id: str) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-async def wait_for_event(stack: Stack, payment_id: str, event_type: str) -> list[dict[str, Any]]:
-    for _ in range(100):
+async def wait_for_event(
+    stack: Stack, payment_id: str, event_type: str, *, count: int = 1, seconds: float = 5.0
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         found = await events(stack.acme, payment_id, event_type)
-        if found:
+        if len(found) >= count:
             return found
         await asyncio.sleep(0.05)
-    raise AssertionError(f"no {event_type} event for {payment_id}")
+    raise AssertionError(f"not {count} {event_type} event(s) for {payment_id}")
 
 
 @pytest.mark.usefixtures("spend_at_once")
@@ -187,3 +191,32 @@ async def test_a_transfer_settled_when_the_budget_is_spent_is_collected_not_canc
     settled = await wait_for_status(stack.acme, created.body["id"], "succeeded")
     assert settled["amount_captured"] == 4200
     assert await ledger_kinds(stack.gw, created.body["id"]) == ["payment.collect"]
+
+
+@pytest.mark.usefixtures("spend_at_once")
+async def test_a_cancel_the_bank_never_answers_is_sent_once_then_queued(stack: Stack) -> None:
+    stack.bank.settle_after = math.inf
+    created = await stack.acme.post("/v1/payments", bank_transfer("6222000011114444"))
+    payment_id = created.body["id"]
+    port = stack.bank.port
+    await stack.bank.close()
+    silent = await FaultProxy.start(upstream_port=1, port=port)
+    silent.set(Fault.blackhole())  # neither the inquiry nor the cancel gets an answer any more
+
+    # The cancel gets no answer (the outbound client's tries each wait out the time-outs).
+    await wait_for_event(stack, payment_id, "payment.manual_review", seconds=30.0)
+    async with stack.gw.api[DB_POOL].acquire() as conn:  # the authorize's next look comes now
+        await conn.execute(
+            "UPDATE payment_attempts SET next_check = now() "
+            "WHERE payment_id = $1 AND operation = 'authorize'",
+            payment_id,
+        )
+    await wait_for_event(stack, payment_id, "payment.manual_review", count=2, seconds=30.0)
+    rows = await attempts(stack.gw, payment_id)
+    assert [(a["operation"], a["status"], a["next_check"], a["manual_review_reason"]) for a in rows] == [
+        ("authorize", "pending", None, "cancel_unanswered"),
+        ("void", "unknown", None, "outcome_unknown"),
+    ]  # one cancel sent, not one per pass; both wait for an operator
+    after = (await stack.acme.get(f"/v1/payments/{payment_id}")).body
+    assert (after["status"], after["amount_captured"]) == ("processing", 0)
+    await silent.close()
