@@ -1000,6 +1000,10 @@ class PaymentService:
                 caller=caller,
                 action=action,
             )
+            if decision.update.status == Status.CANCELED:
+                # As in _void: a closed order or cancelled transfer can never be paid, so its
+                # authorization is over (not left in flight, or in the manual queue, for ever).
+                await store.end_authorizations(conn, payment_id=attempt.payment_id, status="failed")
         if decision.post_bill and self.bills is not None:
             await self.bills.post(attempt.tenant, attempt.payment_id)
         return True

@@ -58,6 +58,14 @@ async def attempts(gw: RunningGateway, payment_id: str) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
+async def attempt_id(gw: RunningGateway, payment_id: str, operation: str) -> str:
+    async with gw.api[DB_POOL].acquire() as conn:
+        found: str = await conn.fetchval(
+            "SELECT id FROM payment_attempts WHERE payment_id = $1 AND operation = $2", payment_id, operation
+        )
+    return found
+
+
 async def wait_for_event(
     stack: Stack, payment_id: str, event_type: str, *, count: int = 1, seconds: float = 5.0
 ) -> list[dict[str, Any]]:
@@ -194,7 +202,7 @@ async def test_a_transfer_settled_when_the_budget_is_spent_is_collected_not_canc
 
 
 @pytest.mark.usefixtures("spend_at_once")
-async def test_a_cancel_the_bank_never_answers_is_sent_once_then_queued(stack: Stack) -> None:
+async def test_a_cancel_the_bank_never_answers_is_sent_once_then_queued(stack: Stack, pki: PkiPaths) -> None:
     stack.bank.settle_after = math.inf
     created = await stack.acme.post("/v1/payments", bank_transfer("6222000011114444"))
     payment_id = created.body["id"]
@@ -220,3 +228,13 @@ async def test_a_cancel_the_bank_never_answers_is_sent_once_then_queued(stack: S
     after = (await stack.acme.get(f"/v1/payments/{payment_id}")).body
     assert (after["status"], after["amount_captured"]) == ("processing", 0)
     await silent.close()
+
+    # The bank confirms to an operator that the cancel went through: the payment is canceled and
+    # its authorization leaves the queue with it.
+    void_id = await attempt_id(stack.gw, payment_id, "void")
+    async with api_client(pki, "ops", stack.gw.api_port) as ops:
+        resolved = await ops.post(f"/v1/manual_reviews/{void_id}/resolve", {"outcome": "succeeded"})
+        assert (resolved.status, resolved.body["status"]) == (200, "canceled"), resolved.body
+        queue = (await ops.get("/v1/manual_reviews")).body["data"]
+    assert [r for r in queue if r["payment"] == payment_id] == []
+    assert await ledger_kinds(stack.gw, payment_id) == []
