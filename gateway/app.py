@@ -199,7 +199,8 @@ async def _risk(app: web.Application, settler: Settler, usd: FxRates) -> AsyncIt
         metrics=app[METRICS],
         velocity=velocity,
     )
-    settler.declined = risk.declined
+    if velocity is not None:  # Redis counters; PostgreSQL's are counted by the settlement statement
+        settler.declined = risk.declined
     sender = MessageSender(settings, app[OUTBOUND])
     stepup = StepUp(settings.risk, load_otp_key(settings.keys_dir), sender, app[METRICS])
     holds = Holds(app[DB_POOL], settler, stepup, payments)

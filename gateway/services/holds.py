@@ -65,12 +65,26 @@ class Holds:
         screening: Screening,
         customer: schemas.CustomerInput | None,
         caller: Caller,
+        *,
+        recorded: str | None = None,
     ) -> Outcome:
-        """Record a payment whose decision is not `allow`, held (or failed) before any connector call."""
+        """Record a payment whose decision is not `allow`, held (or failed) before any connector call.
+        ``recorded``: the payment was recorded before its decision (a create's intake), with this
+        first attempt, never sent: it ends, and the payment gets its decision and held details."""
         action = screening.decision.action
         issued: Issued | None = None
         async with self.pool.acquire() as conn, conn.transaction():
-            await store.insert_payment(conn, payment)
+            if recorded is None:
+                await store.insert_payment(conn, payment)
+            else:
+                await store.screened_out(
+                    conn,
+                    tenant=payment.tenant,
+                    payment_id=payment.id,
+                    attempt_id=recorded,
+                    risk=payment.risk,
+                    held_details=payment.held_details,
+                )
             if action is Action.CHALLENGE and screening.locked_until is not None:
                 decision = refused(AUTHENTICATION_REQUIRED, "Step-up is locked after too many wrong answers.")
             elif action is Action.CHALLENGE:

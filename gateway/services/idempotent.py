@@ -19,7 +19,7 @@ import asyncpg
 
 from gateway import errors
 from gateway.store import idempotency
-from gateway.store.idempotency import Claimed, InProgress, Mismatch, Replay
+from gateway.store.idempotency import Claimed, ClaimResult, InProgress, Mismatch, Replay
 
 MAX_KEY_LENGTH = 255
 RETRY_LET_GO = 0.5  # s between two tries to give a key up while the database is away
@@ -63,42 +63,51 @@ def require_key(header: str | None) -> str:
 
 
 async def run_idempotent(
-    pool: asyncpg.Pool, request: KeyedRequest, work: Callable[[Claimed], Awaitable[Outcome]]
+    pool: asyncpg.Pool,
+    request: KeyedRequest,
+    work: Callable[[Claimed], Awaitable[Outcome]],
+    *,
+    claim: Callable[[], Awaitable[ClaimResult | None]] | None = None,
 ) -> Outcome:
+    """``claim``: a statement that claims the key along with the work's first writes (a create's
+    intake); when it claims nothing (None), the key is claimed on its own."""
     claimed_at = time.monotonic()  # no later than the database's start of the claim's lock
-    async with pool.acquire() as conn:
-        claim = await idempotency.claim(
-            conn,
-            tenant=request.tenant,
-            key=request.key,
-            method=request.method,
-            path=request.path,
-            request_hash=request.fingerprint,
-        )
-    if isinstance(claim, Replay):
-        return Outcome(claim.status, claim.body, replayed=True)
-    if isinstance(claim, InProgress):
+    result = await claim() if claim is not None else None
+    if result is None:
+        async with pool.acquire() as conn:
+            result = await idempotency.claim(
+                conn,
+                tenant=request.tenant,
+                key=request.key,
+                method=request.method,
+                path=request.path,
+                request_hash=request.fingerprint,
+            )
+    if isinstance(result, Replay):
+        return Outcome(result.status, result.body, replayed=True)
+    if isinstance(result, InProgress):
         raise errors.IdempotencyInProgress(
             "Another request with this Idempotency-Key is still being processed; retry later.",
             headers={"Retry-After": "1"},
         )
-    if isinstance(claim, Mismatch):
+    if isinstance(result, Mismatch):
         raise errors.IdempotencyFailed(
             "This Idempotency-Key was already used with different request parameters.",
             code="idempotency_key_reused",
         )
+    claimed = result
     try:
-        return await work(claim)
+        return await work(claimed)
     except BaseException as exc:
         refused = isinstance(exc, errors.ApiError) and exc.status < 500
         try:
-            await _let_go(pool, request, claim, refused=refused)
+            await _let_go(pool, request, claimed, refused=refused)
         except Exception:
             # The database is away (most likely why the work failed too). Left alone, the key would
             # answer 409 request_in_progress until its lock runs out (LOCK_SECONDS) although the
             # database may be back in seconds: let go of it as soon as it is. The original error
             # goes on to the caller (a database outage is a 503).
-            _in_background(_let_go_when_back(pool, request, claim, refused=refused, claimed_at=claimed_at))
+            _in_background(_let_go_when_back(pool, request, claimed, refused=refused, claimed_at=claimed_at))
         raise
 
 

@@ -62,10 +62,12 @@ from gateway.store import idempotency, ledger
 from gateway.store import payments as store
 from gateway.store import risk as risk_store
 from gateway.store.idempotency import Claimed
+from gateway.store.intake import Intake, intake
 from gateway.store.keyring import KeyringCache
 from gateway.store.risk import RiskKeys
+from gateway.store.settlement import Known
 from gateway.store.types import Connection, Rider
-from gateway.store.vault import RiderFor, get_card, reveal_pan, vault_card_riding
+from gateway.store.vault import RiderFor, SealedCard, get_card, reveal_pan, seal_card, vault_card_riding
 from gateway.views import schemas
 from risk.decision import Reason
 from risk.features import PaymentFacts
@@ -109,6 +111,8 @@ class Holder(Protocol):
         screening: Screening,
         customer: schemas.CustomerInput | None,
         caller: Caller,
+        *,
+        recorded: str | None = None,
     ) -> Outcome: ...
 
 
@@ -156,8 +160,11 @@ class PaymentService:
                 "An fx_quote pays a bill in another currency: give the bill too.", param="fx_quote"
             )
         caller = Caller(identity, source, keyed)
+        at_once = self._at_once(identity.tenant, params, amount, currency, keyed)
 
         async def work(claim: Claimed) -> Outcome:
+            if at_once is not None and at_once.recorded(claim):
+                return await self._after_intake(at_once, caller)
             if claim.object_id is not None:
                 return await self._resume_create(identity.tenant, claim.object_id, params, caller)
             checked, fx = params, None
@@ -168,7 +175,8 @@ class PaymentService:
                 identity, checked, amount=amount, currency=currency, caller=caller, fx=fx
             )
 
-        return await run_idempotent(self._pool, keyed, work)
+        claim = (lambda: self._intake(at_once)) if at_once is not None else None
+        return await run_idempotent(self._pool, keyed, work, claim=claim)
 
     async def _check_bill(
         self,
@@ -331,34 +339,24 @@ class PaymentService:
         if screening is not None and method.type not in HOLDABLE:
             screening = not_holdable(screening, method.type)
         payment_id, attempt_id = new_id("pay"), new_id("att")
-        customer = params.customer
         assert caller.keyed is not None
-        payment = store.NewPayment(
-            id=payment_id,
-            tenant=tenant,
+        payment = _new_payment(
+            tenant,
+            params,
+            payment_id=payment_id,
             amount=amount,
             currency=currency,
-            method=method.type,
-            payment_method=orjson.dumps(prepared.display).decode(),
-            capture_method=params.capture_method,
-            customer_id=customer.id if customer else None,
-            customer=_customer_json(customer),
-            description=params.description,
-            metadata=orjson.dumps(params.metadata).decode(),
+            display=prepared.display,
             connector=candidates[0].name,
-            destination_account=destination,
-            biller=params.bill.biller if params.bill else None,
-            bill=_bill_json(params.bill, fx),
             risk=_risk_json(screening),
             risk_keys=screening.keys if screening else RiskKeys(),
+            destination=destination,
+            fx=fx,
         )
-        if screening is not None and screening.decision.action is not Action.ALLOW:
-            assert self.holds is not None  # set with the risk service
-            if screening.decision.action is not Action.BLOCK:  # held: its connector call comes later
-                payment = dataclasses.replace(payment, held_details=_held_json(prepared))
-            return await self.holds.hold(payment, screening, customer, caller)
+        if _held(screening):
+            return await self._hold(payment, screening, prepared, params.customer, caller)
         async with self._pool.acquire() as conn:
-            await store.start_payment(
+            row, version = await store.start_payment(
                 conn,
                 payment,
                 attempt_id=attempt_id,
@@ -370,7 +368,137 @@ class PaymentService:
         request = _payment_request(
             tenant, payment_id, attempt_id, params, amount=amount, currency=currency, prepared=prepared
         )
-        return await self._authorize(request, candidates, caller, has_bill=params.bill is not None)
+        return await self._authorize(
+            request, candidates, caller, has_bill=params.bill is not None, known=Known(row, version)
+        )
+
+    async def _hold(
+        self,
+        payment: store.NewPayment,
+        screening: Screening | None,
+        prepared: PreparedMethod,
+        customer: schemas.CustomerInput | None,
+        caller: Caller,
+        *,
+        recorded: str | None = None,
+    ) -> Outcome:
+        """A decision other than allow: the payment waits (step-up, review) or is refused. ``recorded``
+        is the first attempt of a payment recorded before its decision (never sent)."""
+        assert self.holds is not None
+        assert screening is not None
+        if screening.decision.action is not Action.BLOCK:  # held: its connector call comes later
+            payment = dataclasses.replace(payment, held_details=_held_json(prepared))
+        return await self.holds.hold(payment, screening, customer, caller, recorded=recorded)
+
+    # ---- phase 1 in one statement ----------------------------------------------------------------
+
+    def _at_once(
+        self,
+        tenant: str,
+        params: schemas.CreatePaymentRequest,
+        amount: int,
+        currency: str,
+        keyed: KeyedRequest,
+    ) -> AtOnce | None:
+        """A connector payment without a bill, paid with a card number or a method that needs no lookup,
+        records its phase 1 in the statement that claims its key (gateway/store/intake.py). Others
+        (bills, balance, vault tokens) claim first and go step by step."""
+        method = params.payment_method
+        if params.bill is not None or method.type not in AT_ONCE:
+            return None
+        block = method_block(method)
+        if isinstance(block, schemas.CardInput) and (block.token is not None or block.number is None):
+            return None
+        candidates = self._candidates(method.type)
+        facts = (
+            payment_facts(tenant, params, amount=amount, currency=currency, prepared=None, risk=self.risk)
+            if self.risk is not None
+            else None
+        )
+        ids = new_id("pay"), new_id("att")
+        return AtOnce(tenant, params, keyed, candidates, amount, currency, *ids, facts)
+
+    async def _intake(self, at_once: AtOnce) -> idempotency.ClaimResult | None:
+        """Run the intake statement as the key's claim (None: nothing claimed, claim on its own)."""
+        params = at_once.params
+        block = method_block(params.payment_method)
+        async with self._pool.acquire() as conn:
+            sealed = None
+            if isinstance(block, schemas.CardInput):
+                number, month, year = _card_fields(block)
+                keyring = await self._keyring.current(conn)
+                try:
+                    sealed = seal_card(
+                        keyring, tenant=at_once.tenant, pan=number, exp_month=month, exp_year=year
+                    )
+                except ValueError as exc:
+                    raise errors.InvalidRequest(
+                        str(exc), code="invalid_card", param="payment_method.card"
+                    ) from exc
+                at_once.card(sealed)
+                # The token comes from the vault CTE: the card's own, new or on file.
+                display: Mapping[str, Any] = _card_display(sealed.display, token="")
+            else:
+                at_once.prepared = await self._prepare(at_once.tenant, params.payment_method)
+                display = at_once.prepared.display
+            risk, facts, fingerprint = self.risk, at_once.facts, at_once.fingerprint
+            keys = risk.keys(facts, fingerprint) if risk is not None and facts is not None else RiskKeys()
+            at_once.payment = _new_payment(
+                at_once.tenant,
+                params,
+                payment_id=at_once.payment_id,
+                amount=at_once.amount,
+                currency=at_once.currency,
+                display=display,
+                connector=at_once.candidates[0].name,
+                risk=None,  # decided after this statement, written by phase 3 or the hold
+                risk_keys=keys,
+            )
+            keyed = at_once.keyed
+            at_once.done = await intake(
+                conn,
+                card=sealed,
+                claim=(keyed.tenant, keyed.key, keyed.method, keyed.path, keyed.fingerprint),
+                payment=at_once.payment,
+                attempt_id=at_once.attempt_id,
+                rider=risk.rider(facts, fingerprint) if risk is not None and facts is not None else None,
+            )
+        return at_once.done.claim
+
+    async def _after_intake(self, at_once: AtOnce, caller: Caller) -> Outcome:
+        """The intake recorded the payment: decide, then hold it or send its first attempt."""
+        done, payment = at_once.done, at_once.payment
+        assert done is not None
+        assert done.payment is not None
+        assert payment is not None
+        row, version = done.payment
+        prepared = at_once.prepared_method()
+        payment = dataclasses.replace(payment, payment_method=row.payment_method)
+        screening = None
+        if self.risk is not None and at_once.facts is not None:
+            read = risk_store.stored_features(done.riding) if done.riding is not None else None
+            screening = await self.risk.screen(at_once.facts, card_fingerprint=at_once.fingerprint, read=read)
+            if payment.method not in HOLDABLE:
+                screening = not_holdable(screening, payment.method)
+            payment = dataclasses.replace(payment, risk=_risk_json(screening))
+        if _held(screening):
+            return await self._hold(
+                payment, screening, prepared, at_once.params.customer, caller, recorded=at_once.attempt_id
+            )
+        if self.risk is not None:
+            await self.risk.counted(payment.tenant, payment.id, payment.risk_keys)
+        request = _payment_request(
+            payment.tenant,
+            payment.id,
+            at_once.attempt_id,
+            at_once.params,
+            amount=payment.amount,
+            currency=payment.currency,
+            prepared=prepared,
+        )
+        return await self._authorize(
+            request, at_once.candidates, caller, has_bill=False, known=Known(row, version), risk=payment.risk
+        )
 
     async def _resume_create(
         self, tenant: str, payment_id: str, params: schemas.CreatePaymentRequest, caller: Caller
@@ -386,7 +514,25 @@ class PaymentService:
             connector = self._connectors[attempt.connector]
             candidates = self._candidates(row.method)
             candidates = candidates[candidates.index(connector) :] if connector in candidates else [connector]
-            prepared = await self._prepare(tenant, params.payment_method)
+            risk = None
+            if self.risk is not None and row.risk is None:
+                # Recorded by the intake statement, and stopped before its decision was written
+                # (that is phase 3's): decide again. An allow sends the attempt again, as above.
+                rider_for = self._rider_for(tenant, params, row.amount, row.currency)
+                prepared = await self._prepare(tenant, params.payment_method, rider_for=rider_for)
+                screening = await self._screen(tenant, params, row.amount, row.currency, prepared)
+                if row.method not in HOLDABLE:
+                    screening = not_holdable(screening, row.method) if screening is not None else None
+                risk = _risk_json(screening)
+                if _held(screening):
+                    # The first run may have sent the attempt (after an allow) before it stopped, so
+                    # the payment cannot be held now: the resolver asks the connector at once. An
+                    # attempt it never received fails; one it did settles as answered.
+                    async with self._pool.acquire() as conn:
+                        await store.mark_unknown(conn, attempt_id=attempt.id, recheck_in=0.0)
+                        return await self._settler.current(conn, tenant, payment_id, caller)
+            else:
+                prepared = await self._prepare(tenant, params.payment_method)
             request = _payment_request(
                 tenant,
                 payment_id,
@@ -396,7 +542,9 @@ class PaymentService:
                 currency=row.currency,
                 prepared=prepared,
             )
-            return await self._authorize(request, candidates, caller, has_bill=row.biller is not None)
+            return await self._authorize(
+                request, candidates, caller, has_bill=row.biller is not None, risk=risk
+            )
         if self.bills is not None and state_of(row.bill_posting) in (Posting.POSTING, Posting.PENDING):
             return await self.bills.post(tenant, payment_id, caller)
         async with self._pool.acquire() as conn:
@@ -411,9 +559,13 @@ class PaymentService:
         has_bill: bool,
         action: str = "payment.create",
         current: Status = Status.NEW,
+        known: Known | None = None,
+        risk: str | None = None,
     ) -> Outcome:
         """Phases 2 and 3 of a create: the connector call (with fallback), then apply. ``current``
-        is the payment's status while it waits: ``processing`` for a released held payment."""
+        is the payment's status while it waits: ``processing`` for a released held payment;
+        ``known`` the row phase 1 wrote (phase 3 then needs no read); ``risk`` the decision of a
+        payment recorded before it was made (phase 3 writes it)."""
         tenant, payment_id, attempt_id = request.tenant, request.payment_id, request.attempt_id
         for position, connector in enumerate(candidates):
             try:
@@ -435,7 +587,7 @@ class PaymentService:
                         connector=candidates[position + 1].name,
                         amount=request.amount,
                     )
-                attempt_id = request.attempt_id
+                attempt_id, known = request.attempt_id, None  # the fallback changed the row
             except ConnectorError as exc:
                 decision = after_error(exc)
                 break
@@ -444,9 +596,11 @@ class PaymentService:
                 break
         decision = collected_for_bill(decision, current=current) if has_bill else decision
         decision = stays(decision, current)
-        async with self._pool.acquire() as conn, conn.transaction():
+        if risk is not None:
+            decision = dataclasses.replace(decision, update=dataclasses.replace(decision.update, risk=risk))
+        async with self._pool.acquire() as conn:  # one statement: no transaction needed
             outcome = await self._apply_create(
-                conn, tenant, payment_id, attempt_id, decision, caller=caller, action=action
+                conn, tenant, payment_id, attempt_id, decision, caller=caller, action=action, known=known
             )
         return await self._post_if_collected(tenant, payment_id, decision, outcome, caller)
 
@@ -460,11 +614,12 @@ class PaymentService:
         *,
         caller: Caller,
         action: str = "payment.create",
+        known: Known | None = None,
     ) -> Outcome:
         """Phase 3 of a create; a bill payment's response is stored only after its posting."""
         answering = caller.unkeyed() if decision.post_bill else caller
         return await self._settler.payment(
-            conn, tenant, payment_id, attempt_id, decision, caller=answering, action=action
+            conn, tenant, payment_id, attempt_id, decision, caller=answering, action=action, known=known
         )
 
     # ---- held payments go on (step-up passed, review approved) -----------------------------------
@@ -587,13 +742,7 @@ class PaymentService:
                         f"No such token: '{card.token}'.", param="payment_method.card.token"
                     )
             else:
-                if card.number is None or card.exp_month is None or card.exp_year is None:
-                    missing = next(f for f in ("number", "exp_month", "exp_year") if getattr(card, f) is None)
-                    raise errors.InvalidRequest(
-                        f"payment_method.card.{missing} is required.",
-                        code="parameter_missing",
-                        param=f"payment_method.card.{missing}",
-                    )
+                number, month, year = _card_fields(card)
                 keyring = await self._keyring.current(conn)
                 try:
                     # The payment's risk feature read rides in the vault's round trip.
@@ -601,9 +750,9 @@ class PaymentService:
                         conn,
                         keyring,
                         tenant=tenant,
-                        pan=card.number,
-                        exp_month=card.exp_month,
-                        exp_year=card.exp_year,
+                        pan=number,
+                        exp_month=month,
+                        exp_year=year,
                         rider_for=rider_for,
                     )
                     read = risk_store.stored_features(riding) if riding is not None else None
@@ -611,20 +760,10 @@ class PaymentService:
                     raise errors.InvalidRequest(
                         str(exc), code="invalid_card", param="payment_method.card"
                     ) from exc
-                pan = "".join(ch for ch in card.number if ch.isdigit())
+                pan = _digits(number)
         d = stored.display
-        display = {
-            "type": "card",
-            "card": {
-                "brand": d.brand,
-                "bin": d.bin,
-                "last4": d.last4,
-                "exp_month": d.exp_month,
-                "exp_year": d.exp_year,
-                "token": stored.token_id,
-            },
-        }
         data = CardData(pan, d.exp_month, d.exp_year, card.cvc, card.holder_name)
+        display = _card_display(d, token=stored.token_id)
         return PreparedMethod(display, card=data, fingerprint=stored.fingerprint.hex(), risk_read=read)
 
     async def _create_balance_payment(
@@ -661,7 +800,7 @@ class PaymentService:
                     f"The account holds {account.currency}; the payment is in {currency}.", param="currency"
                 )
             customer = params.customer
-            row = await store.insert_payment(
+            row, version = await store.insert_payment(
                 conn,
                 store.NewPayment(
                     id=payment_id,
@@ -684,9 +823,11 @@ class PaymentService:
                     risk_keys=screening.keys if screening else RiskKeys(),
                 ),
             )
+            known = Known(row, version, uncommitted=True)  # booking below leaves the row as it is
             if screening is not None and screening.decision.action is Action.BLOCK:
-                outcome = await self._apply_create(conn, tenant, payment_id, None, BLOCKED, caller=caller)
-                return outcome
+                return await self._apply_create(
+                    conn, tenant, payment_id, None, BLOCKED, caller=caller, known=known
+                )
             try:
                 async with conn.transaction():  # savepoint: an overdraft fails the payment, not the request
                     await book(conn, row, Movement.COLLECT, Result.SUCCEEDED, amount)
@@ -716,7 +857,9 @@ class PaymentService:
                     point=RECOVERY_ATTEMPT_CREATED,
                     object_id=payment_id,
                 )
-            outcome = await self._apply_create(conn, tenant, payment_id, None, decision, caller=caller)
+            outcome = await self._apply_create(
+                conn, tenant, payment_id, None, decision, caller=caller, known=known
+            )
         if self.risk is not None and screening is not None:
             await self.risk.counted(tenant, payment_id, screening.keys)
         return await self._post_if_collected(tenant, payment_id, decision, outcome, caller)
@@ -1007,6 +1150,134 @@ class PaymentService:
         if decision.post_bill and self.bills is not None:
             await self.bills.post(attempt.tenant, attempt.payment_id)
         return True
+
+
+# ---- phase 1 in one statement ------------------------------------------------------------------
+
+# Methods whose phase 1 can ride in the key's claim: a connector call built from the request alone.
+AT_ONCE = frozenset({"card", "bank_transfer", "wallet", "prepaid"})
+
+
+@dataclasses.dataclass(slots=True)
+class AtOnce:
+    """A create whose phase 1 rides in its key's claim (gateway/store/intake.py): the request, its
+    ids, and what the statement recorded once it ran."""
+
+    tenant: str
+    params: schemas.CreatePaymentRequest
+    keyed: KeyedRequest
+    candidates: list[PaymentConnector]
+    amount: int
+    currency: str
+    payment_id: str
+    attempt_id: str
+    facts: PaymentFacts | None  # the risk rules' view (None: risk screening is off)
+    fingerprint: str | None = None  # a card's keyed HMAC (hex)
+    pan: str | None = dataclasses.field(default=None, repr=False)
+    prepared: PreparedMethod | None = None  # a method other than a card number, prepared before
+    payment: store.NewPayment | None = None
+    done: Intake | None = None
+
+    def card(self, sealed: SealedCard) -> None:
+        card = method_block(self.params.payment_method)
+        assert isinstance(card, schemas.CardInput)
+        assert card.number is not None
+        self.pan, self.fingerprint = _digits(card.number), sealed.fingerprint.hex()
+        if self.facts is not None:
+            d = sealed.display
+            self.facts = dataclasses.replace(self.facts, card_bin=d.bin, card_brand=d.brand)
+
+    def recorded(self, claim: Claimed) -> bool:
+        """Whether this claim is the intake's, which recorded the payment."""
+        done = self.done
+        return done is not None and done.payment is not None and claim.object_id == self.payment_id
+
+    def prepared_method(self) -> PreparedMethod:
+        if self.prepared is not None:
+            return self.prepared
+        assert self.done is not None
+        assert self.done.card is not None
+        assert self.pan is not None
+        stored = self.done.card
+        block = method_block(self.params.payment_method)
+        assert isinstance(block, schemas.CardInput)
+        d = stored.display
+        data = CardData(self.pan, d.exp_month, d.exp_year, block.cvc, block.holder_name)
+        display = _card_display(d, token=stored.token_id)
+        return PreparedMethod(display, card=data, fingerprint=self.fingerprint)
+
+
+def _held(screening: Screening | None) -> bool:
+    """Whether the decision keeps the payment from its connector (step-up, review, block)."""
+    return screening is not None and screening.decision.action is not Action.ALLOW
+
+
+def _digits(number: str) -> str:
+    return "".join(ch for ch in number if ch.isdigit())
+
+
+def _card_fields(card: schemas.CardInput) -> tuple[str, int, int]:
+    """A card number's required fields (400 parameter_missing names the first one absent)."""
+    if card.number is None or card.exp_month is None or card.exp_year is None:
+        missing = next(f for f in ("number", "exp_month", "exp_year") if getattr(card, f) is None)
+        raise errors.InvalidRequest(
+            f"payment_method.card.{missing} is required.",
+            code="parameter_missing",
+            param=f"payment_method.card.{missing}",
+        )
+    return card.number, card.exp_month, card.exp_year
+
+
+def _card_display(d: CardDisplay, *, token: str) -> dict[str, Any]:
+    """What a card payment shows of its card (and stores as its payment_method)."""
+    return {
+        "type": "card",
+        "card": {
+            "brand": d.brand,
+            "bin": d.bin,
+            "last4": d.last4,
+            "exp_month": d.exp_month,
+            "exp_year": d.exp_year,
+            "token": token,
+        },
+    }
+
+
+def _new_payment(
+    tenant: str,
+    params: schemas.CreatePaymentRequest,
+    *,
+    payment_id: str,
+    amount: int,
+    currency: str,
+    display: Mapping[str, Any],
+    connector: str | None,
+    risk: str | None,
+    risk_keys: RiskKeys,
+    destination: str | None = None,
+    fx: FxLeg | None = None,
+) -> store.NewPayment:
+    """The payments row a create records (phase 1), from its request."""
+    customer = params.customer
+    return store.NewPayment(
+        id=payment_id,
+        tenant=tenant,
+        amount=amount,
+        currency=currency,
+        method=params.payment_method.type,
+        payment_method=orjson.dumps(display).decode(),
+        capture_method=params.capture_method,
+        customer_id=customer.id if customer else None,
+        customer=_customer_json(customer),
+        description=params.description,
+        metadata=orjson.dumps(params.metadata).decode(),
+        connector=connector,
+        destination_account=destination,
+        biller=params.bill.biller if params.bill else None,
+        bill=_bill_json(params.bill, fx),
+        risk=risk,
+        risk_keys=risk_keys,
+    )
 
 
 def _payment_request(

@@ -104,9 +104,10 @@ class RiskService:
 
     def rider(self, facts: PaymentFacts, card_fingerprint: str | None) -> Rider:
         """The payment's feature read, to ride in its first statement (the vault's, for a card)."""
-        return store.feature_rider(facts.tenant, self._keys(facts, card_fingerprint), _list_keys(facts))
+        return store.feature_rider(facts.tenant, self.keys(facts, card_fingerprint), _list_keys(facts))
 
-    def _keys(self, facts: PaymentFacts, card_fingerprint: str | None) -> RiskKeys:
+    def keys(self, facts: PaymentFacts, card_fingerprint: str | None) -> RiskKeys:
+        """The keys the payment is counted (and its velocity read) under."""
         return _keys(facts, card_fingerprint, counted_here=self._velocity is None)
 
     async def screen(
@@ -118,7 +119,7 @@ class RiskService:
         if rules is None:  # a tenant added by a reload after start-up: the shared rules
             rules = compile_rules(self.settings, [facts.tenant])[facts.tenant]
             self._rules = {**self._rules, facts.tenant: rules}
-        keys = self._keys(facts, card_fingerprint)
+        keys = self.keys(facts, card_fingerprint)
         list_keys = _list_keys(facts)
         static_deny = tuple(f"{k}:{v}" for k, v in list_keys if f"{k}:{v}" in self._deny)
         static_allow = tuple(f"{k}:{v}" for k, v in list_keys if f"{k}:{v}" in self._allow)
@@ -171,9 +172,9 @@ class RiskService:
             log.warning("risk.count_failed", error=type(exc).__name__)
 
     async def declined(self, conn: Connection, payment_id: str) -> None:
-        """A decline applied in the caller's transaction, counted under the payment's keys."""
+        """A decline just applied, counted under the payment's keys in Redis (PostgreSQL's counters
+        are counted by the settlement statement itself)."""
         if self._velocity is None:
-            await store.count_decline(conn, payment_id=payment_id)
             return
         found = await store.risk_keys_of(conn, payment_id=payment_id)
         if found is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -34,9 +35,8 @@ from gateway.logs import audit as log_audit
 from gateway.metrics import Metrics
 from gateway.services.idempotent import KeyedRequest, Outcome
 from gateway.services.outcomes import Decision
-from gateway.store import idempotency, ledger
+from gateway.store import idempotency, ledger, settlement
 from gateway.store import payments as store
-from gateway.store import risk as risk_store
 from gateway.store.outcomes import OutcomeRecord, record_outcome
 from gateway.store.types import Connection
 from gateway.views import render
@@ -183,16 +183,10 @@ def _fx_moves(
     return moves
 
 
-async def book(
-    conn: Connection,
-    payment: Any,
-    movement: Movement,
-    result: Result,
-    amount: int,
-    *,
-    refund_id: str | None = None,
-) -> None:
-    """Post the rule's moves for this payment (InsufficientFunds if a balance would go negative)."""
+def posting(
+    payment: Any, movement: Movement, result: Result, amount: int, *, refund_id: str | None = None
+) -> ledger.Posting:
+    """The rule's moves for this payment, as one ledger transaction."""
     fx = fx_of(payment)
     roles = accounts(payment, fx)
     currency = payment.currency
@@ -211,17 +205,26 @@ async def book(
                     leg.destination_bucket,
                 )
             )
-    await ledger.post(
-        conn,
-        tenant=payment.tenant,
-        kind=kind(movement, result, purpose_of(payment)),
-        moves=moves,
-        payment_id=payment.id,
-        refund_id=refund_id,
+    return ledger.Posting(
+        payment.tenant, kind(movement, result, purpose_of(payment)), moves, payment.id, refund_id
     )
 
 
-async def _book_collection(conn: Connection, payment: Any, decision: Decision) -> None:
+async def book(
+    conn: Connection,
+    payment: Any,
+    movement: Movement,
+    result: Result,
+    amount: int,
+    *,
+    refund_id: str | None = None,
+) -> None:
+    """Post the rule's moves for this payment (InsufficientFunds if a balance would go negative)."""
+    await ledger.post(conn, posting(payment, movement, result, amount, refund_id=refund_id))
+
+
+async def _collection(conn: Connection, payment: Any, decision: Decision) -> ledger.Posting | None:
+    """What collecting ``payment`` (the row as the decision leaves it) books, if anything."""
     purpose = purpose_of(payment)
     pending_booked = purpose is Purpose.TOPUP and await ledger.has_transaction(
         conn, payment_id=payment.id, kind=kind(Movement.COLLECT, Result.PENDING, purpose)
@@ -234,12 +237,17 @@ async def _book_collection(conn: Connection, payment: Any, decision: Decision) -
         pending_booked=pending_booked,
     )
     if result is None:
-        return
+        return None
     amount = decision.captured if result is Result.SUCCEEDED else payment.amount
-    await book(conn, payment, Movement.COLLECT, result, amount)
+    return posting(payment, Movement.COLLECT, result, amount)
 
 
 # ---- applying outcomes -------------------------------------------------------------------------
+
+
+# A settlement finds its payment changed since it was read (another update committed in between)
+# at most this many times before it leaves the attempt to the resolver.
+_SETTLE_TRIES = 5
 
 
 class Settler:
@@ -247,9 +255,9 @@ class Settler:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        # Counts a decline under the payment's velocity keys; the risk service replaces it when its
-        # counters live in Redis.
-        self.declined: Callable[[Connection, str], Awaitable[None]] = _count_decline
+        # Counts a decline under the payment's velocity keys when those counters live in Redis
+        # (the risk service sets it); PostgreSQL's counters are counted by the settlement statement.
+        self.declined: Callable[[Connection, str], Awaitable[None]] | None = None
 
     async def payment(
         self,
@@ -262,57 +270,70 @@ class Settler:
         caller: Caller,
         action: str,
         extra_events: tuple[str, ...] = (),
+        known: settlement.Known | None = None,
     ) -> Outcome:
-        """Payment + attempt (guarded), ledger, event, audit, response; inside the caller's transaction.
+        """Payment + attempt (guarded), ledger, event, audit, response: one statement
+        (gateway/store/settlement.py), in the caller's transaction if it has one.
 
+        ``known`` is the payment as the caller wrote it (a create's phase 1): it saves reading it.
         When the attempt was settled by someone else first (a callback, the resolver, a retry),
         nothing is applied twice: the answer is the payment as it stands, stored as the response.
         """
-        row = await store.apply_result(
-            conn,
-            tenant=tenant,
-            payment_id=payment_id,
-            update=decision.update,
-            attempt_id=attempt_id or "",
-            attempt_status=decision.attempt_status,
-            decline_code=decision.update.failure_code,
-            bill_posting_from=decision.bill_posting_from,
-        )
-        if row is None:
-            return await self.current(conn, tenant, payment_id, caller)
-        if row.method != "balance":
-            await _book_collection(conn, row, decision)
-        if attempt_id and row.status == Status.FAILED:
-            # A decline at the connector counts against the payment's velocity keys (card testing).
-            await self.declined(conn, payment_id)
+        for _ in range(_SETTLE_TRIES):
+            if known is None:
+                known = await settlement.read(conn, tenant=tenant, payment_id=payment_id)
+                assert known is not None
+            plan = await self._plan(
+                conn, known, attempt_id, decision, caller=caller, action=action, extra_events=extra_events
+            )
+            try:
+                settled = await settlement.settle(conn, plan)
+            except settlement.Stale:
+                known = None  # the payment changed since it was read: read it again
+                continue
+            if settled.applied:
+                assert settled.audit_seq is not None
+                return await self._applied(conn, plan, attempt_id, settled.audit_seq)
+            break  # the attempt was settled first, or the state machine refuses the move
+        return await self.current(conn, tenant, payment_id, caller)
+
+    async def _plan(
+        self,
+        conn: Connection,
+        known: settlement.Known,
+        attempt_id: str | None,
+        decision: Decision,
+        *,
+        caller: Caller,
+        action: str,
+        extra_events: tuple[str, ...],
+    ) -> settlement.Settlement:
+        """Everything the settlement writes, rendered from the row as the decision leaves it."""
+        # The hub's clock sets ``updated`` (the response shows it), never before the known one.
+        updated = max(datetime.now(UTC), known.row.updated)
+        row = settlement.applied(known.row, decision.update, updated)
+        posting = await _collection(conn, row, decision) if row.method != "balance" else None
+        bill = None
         if decision.post_bill:
             # Recorded with the collection, so the posting exists before the biller is called and
             # the resolver finds it even if this process dies right after the commit.
-            await store.insert_attempt(
-                conn,
-                attempt_id=new_id("att"),
-                payment_id=payment_id,
-                tenant=tenant,
-                operation="post_bill",
-                connector=row.biller or "",  # a post_bill decision is only made for bill payments
-                amount=bill_amount(row)[0],
-            )
-        self._metrics.payments.labels(row.method, row.status, row.connector or "ledger").inc()
+            bill = settlement.BillAttempt(new_id("att"), row.biller or "", bill_amount(row)[0])
         body = render.encode(render.payment(row))
-        for event in extra_events:
-            await store.insert_event(
-                conn,
-                event_id=new_id("evt"),
-                tenant=tenant,
-                type_=event,
-                object_id=payment_id,
-                data=body.decode(),
-            )
-        await record_and_log(
-            conn,
-            OutcomeRecord(
-                tenant=tenant,
-                object_id=payment_id,
+        return settlement.Settlement(
+            known=known,
+            update=decision.update,
+            updated=updated,
+            attempt_id=attempt_id or "",
+            attempt_status=decision.attempt_status,
+            bill_posting_from=decision.bill_posting_from,
+            posting=posting,
+            bill_attempt=bill,
+            # A decline at the connector counts against the payment's velocity keys (card testing).
+            count_decline=bool(attempt_id) and row.status == Status.FAILED and self.declined is None,
+            extra_events=[(new_id("evt"), event) for event in extra_events],
+            record=OutcomeRecord(
+                tenant=row.tenant,
+                object_id=row.id,
                 event_id=new_id("evt"),
                 event_type=decision.event,
                 body=body,
@@ -324,7 +345,25 @@ class Settler:
                 idempotency_key=caller.key,
             ),
         )
-        return Outcome(200, body)
+
+    async def _applied(
+        self, conn: Connection, plan: settlement.Settlement, attempt_id: str | None, audit_seq: int
+    ) -> Outcome:
+        record, row = plan.record, plan.known.row
+        log_audit(
+            record.action,
+            actor=record.actor,
+            outcome=record.outcome,
+            source=record.source,
+            object_id=record.object_id,
+            tenant=record.tenant,
+            audit_seq=audit_seq,
+            **record.details,
+        )
+        self._metrics.payments.labels(row.method, record.outcome, row.connector or "ledger").inc()
+        if attempt_id and record.outcome == Status.FAILED and self.declined is not None:
+            await self.declined(conn, row.id)
+        return Outcome(200, record.body)
 
     async def manual_review(
         self,
@@ -436,7 +475,3 @@ class Settler:
             ),
         )
         return Outcome(200, body)
-
-
-async def _count_decline(conn: Connection, payment_id: str) -> None:
-    await risk_store.count_decline(conn, payment_id=payment_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from gateway.store.types import Connection
 
@@ -47,17 +48,21 @@ class Mismatch:
 
 ClaimResult = Claimed | Replay | InProgress | Mismatch
 
-_CLAIM = """
-INSERT INTO idempotency_keys AS k (tenant, key, request_method, request_path, request_hash, locked_until)
-VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+# A key is taken over only from an owner that died (lock expired, no response) with the same request;
+# the take-over keeps the key's recovery point and object. Shared with gateway/store/intake.py.
+TAKE_OVER = """
 ON CONFLICT (tenant, key) DO UPDATE SET locked_until = EXCLUDED.locked_until
     WHERE k.response_status IS NULL
       AND (k.locked_until IS NULL OR k.locked_until < now())
       AND k.request_hash = EXCLUDED.request_hash
       AND k.request_method = EXCLUDED.request_method
       AND k.request_path = EXCLUDED.request_path
-RETURNING k.recovery_point, k.object_id, k.locked_until
-"""
+RETURNING k.recovery_point, k.object_id, k.locked_until"""
+
+_CLAIM = f"""
+INSERT INTO idempotency_keys AS k (tenant, key, request_method, request_path, request_hash, locked_until)
+VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)){TAKE_OVER}
+"""  # noqa: S608 - fixed fragments
 
 _EXISTING = """
 SELECT request_method, request_path, request_hash, response_status, response_body
@@ -74,6 +79,11 @@ async def claim(
     existing = await conn.fetchrow(_EXISTING, tenant, key)
     if existing is None:  # finished and pruned between the two statements: try once more
         return await claim(conn, tenant=tenant, key=key, method=method, path=path, request_hash=request_hash)
+    return answer_for(existing, method=method, path=path, request_hash=request_hash)
+
+
+def answer_for(existing: Any, *, method: str, path: str, request_hash: bytes) -> ClaimResult:
+    """What a key someone else holds (or finished) answers this request: replay, in progress, mismatch."""
     same_request = (
         bytes(existing["request_hash"]) == request_hash
         and existing["request_method"] == method

@@ -9,7 +9,7 @@ statement, so a posting is one round trip.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -74,58 +74,67 @@ FROM unnest($10::text[], $11::text[], $12::bigint[], $13::text[]) AS e(account_i
 """
 
 
-async def post(
-    conn: Connection,
-    *,
-    tenant: str,
-    kind: str,
-    moves: Sequence[Move],
-    payment_id: str | None = None,
-    refund_id: str | None = None,
-) -> str:
-    """Record the moves as one ledger transaction; InsufficientFunds if a customer balance would go negative.
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One ledger transaction to write: its moves, and the payment or refund it books."""
 
-    Call inside a transaction (or savepoint) that the caller rolls back on InsufficientFunds.
+    tenant: str
+    kind: str
+    moves: Sequence[Move]
+    payment_id: str | None = None
+    refund_id: str | None = None
+    id: str = field(default_factory=lambda: new_id("ltx"))
+
+    def accounts(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        """The system accounts it touches (created on first use): ids, kinds, currencies, references."""
+        system = {
+            ref.id: ref
+            for move in self.moves
+            for ref in (move.source, move.destination)
+            if isinstance(ref, SystemAccount)
+        }
+        refs = system.values()
+        return list(system), [r.kind for r in refs], [r.currency for r in refs], [r.reference for r in refs]
+
+    def entries(self) -> tuple[list[str], list[str], list[int], list[str]]:
+        """Two entries per move (-amount, +amount): account ids, buckets, amounts, currencies."""
+        account: list[str] = []
+        bucket: list[str] = []
+        amount: list[int] = []
+        currency: list[str] = []
+        for move in self.moves:
+            account += [_account_id(move.source), _account_id(move.destination)]
+            bucket += [move.source_bucket, move.destination_bucket]
+            amount += [-move.amount, move.amount]
+            currency += [move.currency, move.currency]
+        return account, bucket, amount, currency
+
+
+def insufficient_funds(exc: asyncpg.CheckViolationError) -> bool:
+    """Whether the database refused a posting because a customer balance would go negative."""
+    return exc.constraint_name == "ledger_accounts_check"
+
+
+async def post(conn: Connection, posting: Posting) -> str:
+    """Record the posting as one ledger transaction; InsufficientFunds if a customer balance would
+    go negative. Call inside a transaction (or savepoint) that the caller rolls back on InsufficientFunds.
     """
-    system = {
-        ref.id: ref
-        for move in moves
-        for ref in (move.source, move.destination)
-        if isinstance(ref, SystemAccount)
-    }
-    ids = list(system)
-    kinds = [ref.kind for ref in system.values()]
-    currencies = [ref.currency for ref in system.values()]
-    references = [ref.reference for ref in system.values()]
-    entries_account, entries_bucket, entries_amount, entries_currency = [], [], [], []
-    for move in moves:
-        entries_account += [_account_id(move.source), _account_id(move.destination)]
-        entries_bucket += [move.source_bucket, move.destination_bucket]
-        entries_amount += [-move.amount, move.amount]
-        entries_currency += [move.currency, move.currency]
-    transaction_id = new_id("ltx")
     try:
         await conn.execute(
             _POST,
-            transaction_id,
-            tenant,
-            kind,
-            payment_id,
-            refund_id,
-            ids,
-            kinds,
-            currencies,
-            references,
-            entries_account,
-            entries_bucket,
-            entries_amount,
-            entries_currency,
+            posting.id,
+            posting.tenant,
+            posting.kind,
+            posting.payment_id,
+            posting.refund_id,
+            *posting.accounts(),
+            *posting.entries(),
         )
     except asyncpg.CheckViolationError as exc:
-        if exc.constraint_name == "ledger_accounts_check":
+        if insufficient_funds(exc):
             raise InsufficientFunds from exc
         raise
-    return transaction_id
+    return posting.id
 
 
 @dataclass(frozen=True, slots=True)

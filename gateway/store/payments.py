@@ -55,10 +55,10 @@ class Payment:
 
     @classmethod
     def of(cls, record: asyncpg.Record) -> Payment:
-        return cls(*tuple(record)[:_PAYMENT_FIELDS])
+        return cls(*tuple(record)[:PAYMENT_FIELDS])
 
 
-_PAYMENT_FIELDS = 27
+PAYMENT_FIELDS = 27
 
 
 def _payment(record: asyncpg.Record | None) -> Payment | None:
@@ -109,31 +109,42 @@ def _refund(record: asyncpg.Record | None) -> Refund | None:
     return Refund(*record) if record is not None else None
 
 
-# Both inserts count the payment's velocity keys in the same statement (gateway/store/risk.py):
-# a payment is counted once, whatever the retries.
-_PAYMENT_CTE = """
-WITH payment AS (
+# A new payment's INSERT: parameters $1…$18 in _payment_args order. ``{method}`` is its
+# payment_method (a card's token may come from the statement's vault CTE) and ``{source}`` what it
+# is selected from (the intake statement inserts it only when it claimed the key).
+PAYMENT_INSERT = """
     INSERT INTO payments (id, tenant, status, amount, currency, method, payment_method, capture_method,
                           customer_id, customer, description, metadata, connector, destination_account,
                           biller, bill, risk, held_details, risk_keys)
-    VALUES ($1, $2, 'new', $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13,
-            $14, $15::jsonb, $16::jsonb, $17::jsonb, $18::jsonb)
-    RETURNING *
-)"""
-_PAYMENT_PARAMS = 18
+    SELECT $1, $2, 'new', $3, $4, $5, {method}, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13,
+           $14, $15::jsonb, $16::jsonb, $17::jsonb, $18::jsonb{source}
+    RETURNING *, xmin::text AS version"""
+PAYMENT_PARAMS = 18
 
-_INSERT_PAYMENT = f"""{_PAYMENT_CTE}{count_ctes(2, _PAYMENT_PARAMS + 1)}
-SELECT {PAYMENT_COLUMNS} FROM payment
+# Both inserts count the payment's velocity keys in the same statement (gateway/store/risk.py):
+# a payment is counted once, whatever the retries.
+_PAYMENT_CTE = f"""
+WITH payment AS ({PAYMENT_INSERT.format(method="$6::jsonb", source="")}
+)"""
+
+_INSERT_PAYMENT = f"""{_PAYMENT_CTE}{count_ctes(2, PAYMENT_PARAMS + 1)}
+SELECT {PAYMENT_COLUMNS}, version FROM payment
 """  # noqa: S608 - fixed column list
 
-# Phase 1 of a payment in one statement: the payment, its first attempt, and the idempotency
-# key's recovery point (so a retry after a crash resumes with this attempt id).
-_START_PAYMENT = f"""{_PAYMENT_CTE}{count_ctes(2, _PAYMENT_PARAMS + 4)}
-, attempt AS (
+# The first attempt of a payment and the idempotency key's recovery point (so a retry after a crash
+# resumes with this attempt id): $19 attempt id, $20 key, $21 recovery point.
+ATTEMPT_CTE = """attempt AS (
     INSERT INTO payment_attempts (id, payment_id, tenant, operation, connector, amount, status)
     SELECT $19, payment.id, $2, 'authorize', $12, $3, 'started' FROM payment
+)"""
+
+# Phase 1 of a payment in one statement: the payment, its first attempt, and the recovery point. It
+# returns the row and its version (xmin): phase 3 settles against exactly that row without reading it.
+_START_PAYMENT = f"""{_PAYMENT_CTE}{count_ctes(2, PAYMENT_PARAMS + 4)}
+, {ATTEMPT_CTE}, recovery AS (
+    UPDATE idempotency_keys SET recovery_point = $21, object_id = $1 WHERE tenant = $2 AND key = $20
 )
-UPDATE idempotency_keys SET recovery_point = $21, object_id = $1 WHERE tenant = $2 AND key = $20
+SELECT {PAYMENT_COLUMNS}, version FROM payment
 """  # noqa: S608 - fixed fragments
 
 _INSERT_ATTEMPT = """
@@ -164,7 +175,7 @@ class NewPayment:
     risk_keys: RiskKeys = field(default_factory=RiskKeys)
 
 
-def _payment_args(payment: NewPayment) -> tuple[object, ...]:
+def payment_args(payment: NewPayment) -> tuple[object, ...]:
     """The payment's columns in the order both inserts ($1…$18) expect them."""
     return (
         payment.id,
@@ -188,23 +199,27 @@ def _payment_args(payment: NewPayment) -> tuple[object, ...]:
     )
 
 
-async def insert_payment(conn: Connection, payment: NewPayment) -> Payment:
-    row = _payment(await conn.fetchrow(_INSERT_PAYMENT, *_payment_args(payment), *payment.risk_keys.args()))
-    assert row is not None
-    return row
+async def insert_payment(conn: Connection, payment: NewPayment) -> tuple[Payment, str]:
+    """The payment (and its velocity count) → (the row, its version)."""
+    record = await conn.fetchrow(_INSERT_PAYMENT, *payment_args(payment), *payment.risk_keys.args())
+    assert record is not None
+    return Payment.of(record), record["version"]
 
 
 async def start_payment(
     conn: Connection, payment: NewPayment, *, attempt_id: str, idempotency_key: str, recovery_point: str
-) -> None:
-    await conn.execute(
+) -> tuple[Payment, str]:
+    """Phase 1: the payment, its first attempt, the recovery point → (the row, its version)."""
+    record = await conn.fetchrow(
         _START_PAYMENT,
-        *_payment_args(payment),
+        *payment_args(payment),
         attempt_id,
         idempotency_key,
         recovery_point,
         *payment.risk_keys.args(),
     )
+    assert record is not None
+    return Payment.of(record), record["version"]
 
 
 async def fall_back(
@@ -277,6 +292,7 @@ class PaymentUpdate:
     failure_message: str | None = None
     bill_posting: str | None = None  # JSON text; None keeps the current value
     amount_refunded: int | None = None
+    risk: str | None = None  # JSON text: the risk decision of a payment recorded before it; None keeps it
 
 
 # The payment and the attempt that decided it change in one statement (one round trip), and only
@@ -687,6 +703,34 @@ async def recheck_later(conn: Connection, *, attempt_id: str, delay: float) -> N
         "WHERE id = $1 AND status IN ('started', 'pending', 'unknown') AND manual_review_since IS NULL",
         attempt_id,
         delay,
+    )
+
+
+async def screened_out(
+    conn: Connection,
+    *,
+    tenant: str,
+    payment_id: str,
+    attempt_id: str,
+    risk: str | None,
+    held_details: str | None,
+) -> None:
+    """A payment recorded before its risk decision, held or blocked by it: its first attempt, never
+    sent, ends (the resolver must not ask about it); the payment keeps its decision and what a
+    released connector call needs."""
+    await conn.execute(
+        """
+        WITH attempt AS (
+            UPDATE payment_attempts SET status = 'failed', decline_code = 'risk_decision', next_check = NULL
+            WHERE id = $3 AND payment_id = $2 AND status = 'started'
+        )
+        UPDATE payments SET risk = $4::jsonb, held_details = $5::jsonb WHERE id = $2 AND tenant = $1
+        """,
+        tenant,
+        payment_id,
+        attempt_id,
+        risk,
+        held_details,
     )
 
 

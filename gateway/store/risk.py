@@ -3,7 +3,7 @@
 A payment's features are read in one statement (:func:`read_features`). Its velocity keys are
 counted by the statement that records the payment (:data:`COUNT_CTES`, spliced into the inserts
 of gateway/store/payments.py), so a payment is counted once whatever the retries; a decline is
-counted under the same keys by :func:`count_decline` when it is applied.
+counted under the same keys by :func:`decline_cte` when it is applied.
 
 Windows are bucketed: ``m1`` is the current and the previous minute bucket, ``h1`` the minute
 buckets of the last hour, ``d1`` the hour buckets of the last 24 hours.
@@ -213,20 +213,18 @@ async def risk_keys_of(conn: Connection, *, payment_id: str) -> tuple[str, RiskK
     return row[0], RiskKeys(pairs=pairs, counted_here=False)
 
 
-async def count_decline(conn: Connection, *, payment_id: str) -> None:
-    """A decline, counted under the keys its payment was counted under (once: the caller applies
-    the decline once, in the same transaction)."""
-    await conn.execute(
-        """
-        INSERT INTO risk_counters AS c (tenant, kind, key, grain, bucket, declines)
-        SELECT p.tenant, k.pair ->> 0, k.pair ->> 1, g.grain, date_trunc(g.unit, now()), 1
-        FROM payments p, jsonb_array_elements(p.risk_keys) AS k(pair),
-             (VALUES ('m', 'minute'), ('h', 'hour')) AS g(grain, unit)
-        WHERE p.id = $1 AND p.risk_keys IS NOT NULL
-        ON CONFLICT (tenant, kind, key, grain, bucket) DO UPDATE SET declines = c.declines + 1
-        """,
-        payment_id,
-    )
+def decline_cte(payment: str, when: str) -> str:
+    """A CTE counting a decline under the keys its payment was counted under (once: the settlement
+    statement applies the decline once); ``payment`` is the payment id's parameter, ``when`` a
+    condition (gateway/store/settlement.py)."""
+    return f"""declines AS (
+    INSERT INTO risk_counters AS c (tenant, kind, key, grain, bucket, declines)
+    SELECT p.tenant, k.pair ->> 0, k.pair ->> 1, g.grain, date_trunc(g.unit, now()), 1
+    FROM payments p, jsonb_array_elements(p.risk_keys) AS k(pair),
+         (VALUES ('m', 'minute'), ('h', 'hour')) AS g(grain, unit)
+    WHERE {when} AND p.id = {payment} AND p.risk_keys IS NOT NULL
+    ON CONFLICT (tenant, kind, key, grain, bucket) DO UPDATE SET declines = c.declines + 1
+)"""  # noqa: S608 - parameter numbers and fixed conditions only
 
 
 # ---- step-up challenges ------------------------------------------------------------------------

@@ -55,10 +55,12 @@ _COLUMN_NAMES = (
     "created",
 )
 _COLUMNS = ", ".join(_COLUMN_NAMES)
+CARD_FIELDS = len(_COLUMN_NAMES)
 # A card already on file comes back from the same statement (one round trip, no write). Only if
 # a concurrent transaction vaulted it after this statement's snapshot is nothing returned; the
-# loop below then reads the winner's row.
-_INSERT = f"""
+# loop below then reads the winner's row. The CTEs (``inserted``, ``card``; parameters $1…$12)
+# also open a payment's first statement (gateway/store/intake.py).
+VAULT_CTES = f"""
     WITH inserted AS (
         INSERT INTO card_tokens
             (id, tenant, fingerprint, fingerprint_kid, kid, nonce, ciphertext,
@@ -72,9 +74,8 @@ _INSERT = f"""
         SELECT {_COLUMNS} FROM card_tokens
         WHERE tenant = $2 AND fingerprint = $3 AND exp_month = $11 AND exp_year = $12
           AND NOT EXISTS (SELECT 1 FROM inserted)
-    )
-    SELECT * FROM card
-"""  # noqa: S608 - fixed column list, no user input
+    )"""  # noqa: S608 - fixed column list, no user input
+_INSERT = VAULT_CTES + "\n    SELECT * FROM card\n"  # noqa: S608 - fixed fragments
 _INSERT_PARAMS = 12
 
 
@@ -98,17 +99,58 @@ _SELECT_TOKEN = f"SELECT {_COLUMNS} FROM card_tokens WHERE id = $1 AND tenant = 
 _ATTEMPTS = 3
 
 
-def _card(row: Any) -> StoredCard:
+def _card(row: Any, prefix: str = "") -> StoredCard:
+    """The card in ``row`` (its columns named ``prefix`` + the card_tokens column)."""
     display = CardDisplay(
-        brand=cast(Brand, row["brand"]),
-        bin=row["bin"],
-        last4=row["last4"],
-        exp_month=row["exp_month"],
-        exp_year=row["exp_year"],
+        brand=cast(Brand, row[prefix + "brand"]),
+        bin=row[prefix + "bin"],
+        last4=row[prefix + "last4"],
+        exp_month=row[prefix + "exp_month"],
+        exp_year=row[prefix + "exp_year"],
     )
     return StoredCard(
-        row["id"], row["tenant"], display, row["fingerprint_kid"], bytes(row["fingerprint"]), row["created"]
+        row[prefix + "id"],
+        row[prefix + "tenant"],
+        display,
+        row[prefix + "fingerprint_kid"],
+        bytes(row[prefix + "fingerprint"]),
+        row[prefix + "created"],
     )
+
+
+def card_columns(prefix: str) -> str:
+    """The ``card`` CTE's columns, renamed with ``prefix`` (for a statement that selects others too)."""
+    return ", ".join(f"card.{name} AS {prefix}{name}" for name in _COLUMN_NAMES)
+
+
+def stored_card(row: Any, prefix: str) -> StoredCard | None:
+    """The card a statement opened with :data:`VAULT_CTES` selected (None: a concurrent vaulting won)."""
+    return _card(row, prefix) if row[prefix + "id"] is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class SealedCard:
+    """A card ready for the vault: display data, fingerprint and the PAN sealed under a new token id."""
+
+    display: CardDisplay
+    fingerprint_kid: int
+    fingerprint: bytes = field(repr=False)
+    args: tuple[object, ...] = field(repr=False)  # $1…$12 of VAULT_CTES
+
+
+def seal_card(
+    keyring: Keyring, *, tenant: str, pan: str, exp_month: int, exp_year: int, today: dt.date | None = None
+) -> SealedCard:
+    """Validate and seal a card (CPU only). Raises ValueError (message without the PAN)."""
+    digits = validate_pan(pan)
+    month, year = validate_expiry(exp_month, exp_year, today or dt.datetime.now(dt.UTC).date())
+    display = CardDisplay.from_pan(digits, month, year)
+    fp_kid, fp = fingerprint(keyring, digits)
+    token_id = new_token_id()
+    sealed = seal_pan(keyring, tenant=tenant, token_id=token_id, pan=digits)
+    del digits  # nothing below needs the clear PAN
+    args = (token_id, tenant, fp, fp_kid, sealed.kid, sealed.nonce, sealed.ciphertext, display.brand)
+    return SealedCard(display, fp_kid, fp, (*args, display.bin, display.last4, month, year))
 
 
 async def vault_card(
@@ -147,37 +189,18 @@ async def vault_card_riding(
 ) -> tuple[StoredCard, tuple[Any, ...] | None]:
     """:func:`vault_card`, with a read that needs the card's display data and fingerprint (a
     payment's risk features) riding in the same round trip: → (card, the rider's columns)."""
-    digits = validate_pan(pan)
-    month, year = validate_expiry(exp_month, exp_year, today or dt.datetime.now(dt.UTC).date())
-    display = CardDisplay.from_pan(digits, month, year)
-    fp_kid, fp = fingerprint(keyring, digits)
-    token_id = new_token_id()
-    sealed = seal_pan(keyring, tenant=tenant, token_id=token_id, pan=digits)
-    del digits  # nothing below needs the clear PAN
-    rider = rider_for(display, fp) if rider_for is not None else None
+    card = seal_card(keyring, tenant=tenant, pan=pan, exp_month=exp_month, exp_year=exp_year, today=today)
+    rider = rider_for(card.display, card.fingerprint) if rider_for is not None else None
     riding = rider.args if rider is not None else ()
     for _ in range(_ATTEMPTS):
-        row = await conn.fetchrow(
-            _insert_with(rider),
-            token_id,
-            tenant,
-            fp,
-            fp_kid,
-            sealed.kid,
-            sealed.nonce,
-            sealed.ciphertext,
-            display.brand,
-            display.bin,
-            display.last4,
-            month,
-            year,
-            *riding,
-        )
+        row = await conn.fetchrow(_insert_with(rider), *card.args, *riding)
         if row is not None:
             return _card(row), tuple(row)[len(_COLUMN_NAMES) :] if rider is not None else None
         # A concurrent vaulting won the race after this statement's snapshot: read its row (the
         # rider, if any, was not read; the caller reads it on its own).
-        row = await conn.fetchrow(_SELECT_DUPLICATE, tenant, fp, month, year)
+        row = await conn.fetchrow(
+            _SELECT_DUPLICATE, tenant, card.fingerprint, card.display.exp_month, card.display.exp_year
+        )
         if row is not None:
             return _card(row), None
     raise VaultError("could not vault the card: its existing token kept disappearing; retry")

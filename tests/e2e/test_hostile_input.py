@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import gateway.store.payments as payment_store
+import gateway.services.payments as payments_service
 from tests.support.api import Api, card_payment
 
 NUL = "\u0000"
@@ -182,13 +182,13 @@ async def test_405_names_the_allowed_methods(acme: Api) -> None:
 async def test_a_failure_in_the_hub_releases_the_key_instead_of_burning_it(
     acme: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = payment_store.start_payment
+    real = payments_service.intake  # a card payment's first statement (claim, vault, payment)
 
     async def fails_once(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(payment_store, "start_payment", real)
+        monkeypatch.setattr(payments_service, "intake", real)
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(payment_store, "start_payment", fails_once)
+    monkeypatch.setattr(payments_service, "intake", fails_once)
     key = "hub-failure-" + secrets.token_hex(4)
     failed = await acme.post("/v1/payments", card_payment(description="first"), key=key)
     assert failed.status == 500

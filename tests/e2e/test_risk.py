@@ -107,9 +107,13 @@ def last_code(sink: message_sandbox.MessageSink, phone: str = PHONE) -> str:
 
 
 async def attempts(gw: RunningGateway, payment_id: str) -> int:
+    """Attempts that went to a connector. A payment recorded before its decision has a first attempt
+    from the start; a decision other than allow ends it unsent (decline code ``risk_decision``)."""
     async with gw.api[DB_POOL].acquire() as conn:
         count: int = await conn.fetchval(
-            "SELECT count(*) FROM payment_attempts WHERE payment_id = $1", payment_id
+            """SELECT count(*) FROM payment_attempts
+               WHERE payment_id = $1 AND decline_code IS DISTINCT FROM 'risk_decision'""",
+            payment_id,
         )
     return count
 

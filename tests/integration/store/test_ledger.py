@@ -11,6 +11,7 @@ import pytest
 from gateway.store.ledger import (
     InsufficientFunds,
     Move,
+    Posting,
     SystemAccount,
     create_customer_account,
     get_customer_account,
@@ -31,7 +32,7 @@ def card_source(tenant: str = "acme") -> SystemAccount:
 
 
 async def fund(conn: asyncpg.Connection, account: str, amount: int) -> None:
-    await post(conn, tenant="acme", kind="topup", moves=[Move(card_source(), account, amount, "CNY")])
+    await post(conn, Posting("acme", "topup", [Move(card_source(), account, amount, "CNY")]))
 
 
 async def test_posting_moves_balances_and_keeps_entries(conn: asyncpg.Connection) -> None:
@@ -40,7 +41,7 @@ async def test_posting_moves_balances_and_keeps_entries(conn: asyncpg.Connection
     )
     await fund(conn, account.id, 5000)
     clearing = SystemAccount("acme", "tenant_clearing", "default", "CNY")
-    await post(conn, tenant="acme", kind="payment", moves=[Move(account.id, clearing, 1200, "CNY")])
+    await post(conn, Posting("acme", "payment", [Move(account.id, clearing, 1200, "CNY")]))
     after = await get_customer_account(conn, tenant="acme", account_id=account.id)
     assert after is not None and after.available == 3800
     entries = await list_entries(conn, account_id=account.id, limit=10, before_id=None, after_id=None)
@@ -60,14 +61,8 @@ async def test_overdraft_is_refused_by_the_database(conn: asyncpg.Connection) ->
     await fund(conn, account.id, 100)
     with pytest.raises(InsufficientFunds):
         async with conn.transaction():
-            await post(
-                conn,
-                tenant="acme",
-                kind="payment",
-                moves=[
-                    Move(account.id, SystemAccount("acme", "tenant_clearing", "default", "CNY"), 101, "CNY")
-                ],
-            )
+            clearing = SystemAccount("acme", "tenant_clearing", "default", "CNY")
+            await post(conn, Posting("acme", "payment", [Move(account.id, clearing, 101, "CNY")]))
     after = await get_customer_account(conn, tenant="acme", account_id=account.id)
     assert after is not None and after.available == 100
 
@@ -88,12 +83,8 @@ async def test_unbalanced_or_cross_currency_entries_are_refused(conn: asyncpg.Co
                 account.id,
             )
     with pytest.raises(asyncpg.CheckViolationError, match="does not match"):
-        await post(
-            conn,
-            tenant="acme",
-            kind="topup",
-            moves=[Move(SystemAccount("acme", "connector_receivable", "x", "USD"), account.id, 5, "USD")],
-        )
+        receivable = SystemAccount("acme", "connector_receivable", "x", "USD")
+        await post(conn, Posting("acme", "topup", [Move(receivable, account.id, 5, "USD")]))
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await conn.execute("UPDATE ledger_entries SET amount = amount * 2")
 
@@ -109,7 +100,7 @@ async def test_concurrent_spends_never_overdraw(db_url: str, conn: asyncpg.Conne
     async def spend(c: asyncpg.Connection) -> bool:
         try:
             async with c.transaction():
-                await post(c, tenant="acme", kind="payment", moves=[Move(account.id, clearing, 300, "CNY")])
+                await post(c, Posting("acme", "payment", [Move(account.id, clearing, 300, "CNY")]))
         except InsufficientFunds:
             return False
         return True
