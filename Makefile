@@ -78,8 +78,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Open-loop benchmark of the card payment against references A and B (docs/performance.md):
+# make bench [QUICK=1] [SCALE=<payments to preload>] [WORKERS=<n>] [BENCH_ARGS="--profile --webhooks …"]
 bench: $(STAMP)
-	$(BIN)/python -m load.bench $(BENCH_ARGS)
+	$(BIN)/python -m load.bench $(if $(filter-out 0,$(QUICK)),--quick) $(if $(SCALE),--scale $(SCALE)) --workers $(or $(WORKERS),1) $(BENCH_ARGS)
 
 # Slow, not part of `make test`: build the Docker image (base from debootstrap, no registry needed) and run it
 # against a fresh database on the local PostgreSQL: /healthz, /v1/ping over mTLS, healthcheck, JSON-only logs.
