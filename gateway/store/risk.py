@@ -109,8 +109,12 @@ _FEATURES = f"""
 WITH velocity AS (
     SELECT k.kind, {_CELLS}
     FROM unnest(${{p2}}::text[], ${{p3}}::text[]) AS k(kind, key)
+    -- Two bounded index ranges per key, whatever the table holds: the last hour of minute buckets
+    -- (m1, h1) and the last day of hour buckets (d1).
+    CROSS JOIN (VALUES ('m', interval '1 hour'), ('h', interval '24 hours')) AS g(grain, span)
     LEFT JOIN risk_counters c
-        ON c.tenant = ${{p1}} AND c.kind = k.kind AND c.key = k.key AND c.bucket > now() - interval '24 hours'
+        ON c.tenant = ${{p1}} AND c.kind = k.kind AND c.key = k.key AND c.grain = g.grain
+       AND c.bucket > now() - g.span
     GROUP BY k.kind
 ), distinct_msisdn AS (
     SELECT s.kind, {_SEEN_CELLS}
@@ -211,6 +215,18 @@ async def risk_keys_of(conn: Connection, *, payment_id: str) -> tuple[str, RiskK
         return None
     pairs = tuple((kind, key) for kind, key in orjson.loads(row[1]))
     return row[0], RiskKeys(pairs=pairs, counted_here=False)
+
+
+async def prune_counters(conn: Connection, *, batch: int = 1000) -> int:
+    """Delete velocity buckets no window reads any more (older than a day), a batch at a time."""
+    result = await conn.execute(
+        """
+        DELETE FROM risk_counters WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM risk_counters WHERE bucket < now() - interval '25 hours' LIMIT $1))
+        """,
+        batch,
+    )
+    return int(result.split()[-1])
 
 
 def decline_cte(payment: str, when: str) -> str:
