@@ -29,13 +29,28 @@ def ssl_context(home: Path, tenant: str) -> ssl.SSLContext:
     return ctx
 
 
+CARDS = 10_000  # distinct cards the load pays with, each again every CARDS payments
+
+
+def card_number(n: int) -> str:
+    """The n-th of CARDS Luhn-valid test numbers (the sandbox acquirer approves them all)."""
+    body = f"424242{n % CARDS:09d}"
+    total = 0
+    for position, digit in enumerate(reversed(body)):
+        value = int(digit) * (2 if position % 2 == 0 else 1)
+        total += value - 9 if value > 9 else value
+    return body + str(-total % 10)
+
+
 def card_body(n: int) -> dict[str, Any]:
+    """A card payment of customer n % 1000 with card n % CARDS: a real stream pays with many cards,
+    and one card for every payment would make its velocity counters one row every payment waits on."""
     return {
         "amount": 1000 + n % 500,
         "currency": "CNY",
         "payment_method": {
             "type": "card",
-            "card": {"number": "4111111111111111", "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+            "card": {"number": card_number(n), "exp_month": 12, "exp_year": 2030, "cvc": "123"},
         },
         "customer": {"id": f"cus_{n % 1000}"},
     }
