@@ -111,10 +111,13 @@ WITH velocity AS (
     FROM unnest(${{p2}}::text[], ${{p3}}::text[]) AS k(kind, key)
     -- Two bounded index ranges per key, whatever the table holds: the last hour of minute buckets
     -- (m1, h1) and the last day of hour buckets (d1).
-    CROSS JOIN (VALUES ('m', interval '1 hour'), ('h', interval '24 hours')) AS g(grain, span)
-    LEFT JOIN risk_counters c
-        ON c.tenant = ${{p1}} AND c.kind = k.kind AND c.key = k.key AND c.grain = g.grain
-       AND c.bucket > now() - g.span
+    CROSS JOIN (VALUES ('m'::char(1), interval '1 hour'), ('h'::char(1), interval '24 hours')) AS g(grain, span)
+    LEFT JOIN LATERAL (
+        SELECT * FROM risk_counters c
+        WHERE c.tenant = ${{p1}} AND c.kind = k.kind AND c.key = k.key AND c.grain = g.grain
+          AND c.bucket > now() - g.span
+        OFFSET 0  -- a fence: one index range per (key, grain), never every bucket of the key
+    ) c ON true
     GROUP BY k.kind
 ), distinct_msisdn AS (
     SELECT s.kind, {_SEEN_CELLS}
