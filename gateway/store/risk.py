@@ -111,7 +111,8 @@ WITH velocity AS (
     FROM unnest(${{p2}}::text[], ${{p3}}::text[]) AS k(kind, key)
     -- Two bounded index ranges per key, whatever the table holds: the last hour of minute buckets
     -- (m1, h1) and the last day of hour buckets (d1).
-    CROSS JOIN (VALUES ('m'::char(1), interval '1 hour'), ('h'::char(1), interval '24 hours')) AS g(grain, span)
+    CROSS JOIN (VALUES ('m'::char(1), interval '1 hour'), ('h'::char(1), interval '24 hours'))
+        AS g(grain, span)
     LEFT JOIN LATERAL (
         SELECT * FROM risk_counters c
         WHERE c.tenant = ${{p1}} AND c.kind = k.kind AND c.key = k.key AND c.grain = g.grain
