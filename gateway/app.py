@@ -58,8 +58,9 @@ from gateway.keys import (
     TLS,
     WEBHOOKS,
 )
+from gateway.logs import flush_logs
 from gateway.metrics import Metrics
-from gateway.middlewares import context_middleware, error_middleware, identity_middleware
+from gateway.middlewares import context_middleware, error_middleware, identity_middleware, route_templates
 from gateway.services.billers import BillerCatalog
 from gateway.services.bills import BillPoster
 from gateway.services.fx import FxRates, FxService
@@ -297,6 +298,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.cleanup_ctx.append(_webhooks)  # endpoints and the delivery loop (after the keyring)
     app.cleanup_ctx.append(_tls)
     app.cleanup_ctx.append(traffic_context)  # limiter storage (Redis pool) and the lag monitor
+    app.on_startup.append(_bind_route_metrics)
+    app.on_cleanup.append(_flush_logs)  # after every cleanup context: their last lines too
     ping.setup(app)
     payments.setup(app)
     tokens.setup(app)
@@ -313,6 +316,18 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     webhooks.setup(app)
     openapi.setup(app)
     return app
+
+
+async def _bind_route_metrics(app: web.Application) -> None:
+    """Request metrics per route template and method, made once at start-up (the router is frozen)."""
+    metrics = app[METRICS]
+    for template, method in route_templates(app):
+        metrics.http_route(template, method)
+
+
+async def _flush_logs(app: web.Application) -> None:
+    """Log lines are written once per event-loop turn; write what is pending as the app stops."""
+    flush_logs()
 
 
 def create_ops_app(api: web.Application) -> web.Application:

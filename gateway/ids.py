@@ -1,23 +1,19 @@
 """Prefixed object ids (``pay_``, ``re_``, ``acct_``, ``evt_`` …), Stripe style.
 
-24 base62 characters from 144 random bits: unguessable, so ids are safe to show but are never
-treated as secrets; every lookup is still scoped to the caller's tenant.
+``<prefix>_`` then 24 random base62 characters (``crypto.base62``: ≈143 bits from one CSPRNG call):
+unguessable, so ids are safe to show but are never treated as secrets; every lookup is still scoped
+to the caller's tenant.
 """
 
 from __future__ import annotations
 
-import secrets
-import string
+from typing import Final
 
-_ALPHABET = string.ascii_letters + string.digits
-_LENGTH = 24
+from crypto.base62 import random_base62
+
+LENGTH: Final = 24
 
 
 def new_id(prefix: str) -> str:
-    # One call into the CSPRNG, then 24 base62 digits of that number (they keep ~143 of its 144 bits).
-    number = int.from_bytes(secrets.token_bytes(18))
-    chars = []
-    for _ in range(_LENGTH):
-        number, digit = divmod(number, 62)
-        chars.append(_ALPHABET[digit])
-    return f"{prefix}_{''.join(chars)}"
+    """``<prefix>_`` and 24 random base62 characters, e.g. ``pay_3kTMd9qZ0bX7yLw2vQe8RfAa``."""
+    return prefix + "_" + random_base62(LENGTH)

@@ -3,7 +3,7 @@
 Every line, whether it comes from structlog or from a stdlib ``logging`` logger (aiohttp, asyncio), goes
 through one processor chain::
 
-    merge_contextvars → add_log_level → ts (ISO 8601, UTC) → logger name → format_exc_info → redact → orjson
+    request context → add_log_level → ts (ISO 8601, UTC) → logger name → format_exc_info → redact → orjson
 
 ``redact`` runs last before rendering, after tracebacks have been turned into text, so nothing reaches the
 output without passing it (DESIGN §7: no PAN, CVV, OTP, key or secret in any log). It does two things:
@@ -11,10 +11,20 @@ output without passing it (DESIGN §7: no PAN, CVV, OTP, key or secret in any lo
 * values under a sensitive key (``SENSITIVE_KEYS`` and the suffix rules in ``is_sensitive_key``) become
   ``"[REDACTED]"`` at any depth;
 * every other string (and dict key, bytes value, and 13-19 digit Luhn-valid integer) has card-number-like
-  digit runs masked to BIN + last four by ``mask_pans``.
+  digit runs masked to BIN + last four by ``mask_pans``;
+
+except for scalars under the few top-level keys of ``SAFE_KEYS`` (level, ts, request_id, route, status,
+...): values the gateway produces itself, passed through without scanning.
 
 Objects the walk does not know (dataclasses, msgspec Structs, exceptions, ...) are turned into builtins
 first, so orjson never serializes a field or ``repr`` the redaction has not seen.
+
+One line per request: ``open_request``/``close_request`` (the context middleware) put ``request_id`` and
+``tenant`` on every line of a request, and end it with one line: the ``http.request`` access line, or, for
+a request that wrote audit lines, its first audit line carrying the access fields in ``"http"``.
+
+Lines are written by a buffered sink (``_Sink``): on a running event loop, one ``write()`` per loop turn
+(and at once for an error line, after ``MAX_LINES``, on ``flush_logs``, at stream changes and at exit).
 
 Loggers are cached on first use (``cache_logger_on_first_use``), so the processor list and the output sink
 are module-level objects that ``configure_logging`` reconfigures in place: a second call (tests pass their
@@ -24,7 +34,10 @@ filtering wrapper class, so a logger already used keeps the level it was first u
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
+import contextvars
 import datetime
 import functools
 import io
@@ -33,9 +46,11 @@ import logging
 import math
 import re
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import IO, Any, BinaryIO, Final, cast
+from typing import IO, Any, Final, cast
 
 import msgspec
 import orjson
@@ -43,13 +58,19 @@ import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 __all__ = [
+    "SAFE_KEYS",
     "SENSITIVE_KEYS",
     "RedactingJsonHandler",
+    "RequestScope",
     "audit",
+    "bind_tenant",
+    "close_request",
     "configure_logging",
+    "flush_logs",
     "get_logger",
     "is_sensitive_key",
     "mask_pans",
+    "open_request",
     "redact",
 ]
 
@@ -310,22 +331,26 @@ def _scrub_float(value: float) -> float | str:
     return value
 
 
-def _scrub_mapping(mapping: Mapping[Any, Any], path: list[int]) -> dict[str, Any] | Mapping[Any, Any]:
+def _scrub_mapping(
+    mapping: Mapping[Any, Any], path: list[int], safe: frozenset[str] = frozenset()
+) -> dict[str, Any] | Mapping[Any, Any]:
     out: dict[str, Any] | None = None
+    new_value: Any
     for index, (key, value) in enumerate(mapping.items()):
         # Short plain strings (most keys and values) cannot hold a PAN: skip the calls on the hot path.
-        if type(key) is str:
-            new_key = key if len(key) < _PAN_MIN else mask_pans(key)
-            sensitive = is_sensitive_key(key)
-        else:  # orjson only accepts str keys; render others as text, masked like any text
-            new_key = mask_pans(str(key))
-            sensitive = False
-        if sensitive:
-            new_value: Any = REDACTED
-        elif type(value) is str:
-            new_value = value if len(value) < _PAN_MIN else mask_pans(value)
+        if type(key) is not str:  # orjson only accepts str keys; render others as text, masked like any text
+            new_key, new_value = mask_pans(str(key)), _scrub(value, path)
+        elif key in safe and type(value) in _SAFE_SCALARS:  # SAFE_KEYS, at the top level only
+            new_key, new_value = key, value
         else:
-            new_value = _scrub(value, path)
+            new_key = key if len(key) < _PAN_MIN else mask_pans(key)
+            new_value = (
+                REDACTED
+                if is_sensitive_key(key)
+                else (value if len(value) < _PAN_MIN else mask_pans(value))
+                if type(value) is str
+                else _scrub(value, path)
+            )
         if out is None:
             if new_key is key and new_value is value:
                 continue
@@ -435,47 +460,154 @@ def _scrub_other(value: Any, path: list[int]) -> Any:
     return _scrub(builtins, path)
 
 
+# Top-level keys whose values the gateway itself produces, never from client input: a scalar under one of
+# them (str, int, float, bool, None) is passed through without scanning. Anything else under them (a
+# dict, a list, an object) and every nested occurrence of these names is scrubbed as usual.
+#
+#   level, ts, logger     set by the processors (level name, clock, the logger's name in code)
+#   request_id            new_request_id(), from the request context (gateway.middlewares)
+#   audit, audit_seq      audit(): the marker and the audit table's sequence number
+#   action, actor         audit(): the action name (a constant in code) and the caller's SPIFFE id (its
+#   outcome               client certificate, issued by our CA) or "payhub"; the outcome (a status name)
+#   route, status         the request line: the route *template* (never the raw path), the HTTP status or
+#   duration_ms           an object's status name, the measured duration
+#
+# Adding a key here is a decision that no caller will ever log client text under that name at the top
+# level of a line; like _NON_SECRET_KEY_NAMES, entries are added one by one, deliberately.
+SAFE_KEYS: Final = frozenset(
+    {
+        "level",
+        "ts",
+        "logger",
+        "request_id",
+        "audit",
+        "audit_seq",
+        "action",
+        "actor",
+        "outcome",
+        "route",
+        "status",
+        "duration_ms",
+    }
+)
+_SAFE_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+assert not any(is_sensitive_key(key) for key in SAFE_KEYS)
+
+
 def redact(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """structlog processor: redact sensitive keys and mask PANs everywhere in the event.
 
+    Scalars under ``SAFE_KEYS`` at the top level pass as they are; everything else is scrubbed.
     Containers that change are copied, never modified, so objects the caller passed in stay intact.
     """
-    return cast(EventDict, _scrub_mapping(event_dict, []))
+    return cast(EventDict, _scrub_mapping(event_dict, [], SAFE_KEYS))
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Output
+# Output: a buffered sink
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+_ATOMIC_WRITE: Final = 4096  # PIPE_BUF on Linux: the largest write() that is never interleaved on a pipe
 
 
 class _Sink:
-    """The binary file every logger writes to; ``configure_logging`` retargets it.
+    """The binary file every line goes to; ``configure_logging`` retargets it.
 
     Cached loggers hold this object, not the stream, so reconfiguring reaches them. With no stream set it
     writes to whatever ``sys.stdout`` is at the time (pytest swaps it per test).
+
+    Lines logged on a running event loop are gathered and written with one ``write()`` (and one flush)
+    per loop turn: the first line of a batch schedules the flush with ``call_soon``, so it runs once the
+    current callbacks are done. A batch is written at once when it reaches ``MAX_LINES`` or when an
+    ``error`` or worse line joins it, and whatever is pending is written before the stream changes, when
+    the app stops (``flush_logs``) and at interpreter exit. Lines logged with no running loop in the
+    thread (start-up, CLI commands, other threads) are written through at once.
     """
+
+    MAX_LINES: Final = 256
 
     def __init__(self) -> None:
         self.stream: IO[str] | IO[bytes] | None = None
         self._write: Callable[[bytes], object] = self._write_stdout
         self._flush: Callable[[], object] = self._flush_stdout
+        self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop whose call_soon flushes _pending
 
     def set_stream(self, stream: IO[str] | IO[bytes] | None) -> None:
-        self.stream = stream
-        if stream is None:
-            self._write, self._flush = self._write_stdout, self._flush_stdout
-        elif isinstance(stream, io.TextIOBase) or hasattr(stream, "encoding"):
-            text = cast(IO[str], stream)
-            self._write, self._flush = (lambda data: text.write(data.decode("utf-8"))), text.flush
-        else:
-            binary = cast(IO[bytes], stream)
-            self._write, self._flush = binary.write, binary.flush
+        with self._lock:
+            self._flush_pending()  # lines logged before the switch go where they were meant to go
+            self.stream = stream
+            if stream is None:
+                self._write, self._flush = self._write_stdout, self._flush_stdout
+            elif isinstance(stream, io.TextIOBase) or hasattr(stream, "encoding"):
+                text = cast(IO[str], stream)
+                self._write, self._flush = (lambda data: text.write(data.decode("utf-8"))), text.flush
+            else:
+                binary = cast(IO[bytes], stream)
+                self._write, self._flush = binary.write, binary.flush
 
-    def write(self, data: bytes) -> int:
-        self._write(data)
-        return len(data)
+    def emit(self, line: bytes, *, urgent: bool = False) -> None:
+        """Write one rendered line (without its newline), now or with the current loop turn's batch."""
+        loop = _running_loop()
+        with self._lock:
+            owner = self._loop
+            if owner is not None and owner is not loop and not owner.is_running():
+                self._flush_pending()  # its loop stopped before flushing: keep the order
+                owner = None
+            if loop is None or (owner is not None and owner is not loop):
+                # No loop here, or another thread's loop owns the batch: write through.
+                self._write(line + b"\n")
+                self._flush()
+                return
+            pending = self._pending
+            pending.append(line)
+            if owner is None:
+                self._loop = loop
+                loop.call_soon(self._flush_soon)
+            if urgent or len(pending) >= self.MAX_LINES:
+                self._flush_pending()
 
     def flush(self) -> None:
-        self._flush()
+        """Write what is pending now."""
+        with self._lock:
+            self._flush_pending()
+
+    def _flush_soon(self) -> None:
+        # stdout closed or broken: nowhere left to write to, and no caller to tell
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        lines = self._pending
+        self._loop = None
+        if not lines:
+            return
+        self._pending = []
+        # Several processes (--workers) may share the output: one write() of at most PIPE_BUF bytes is
+        # atomic on a pipe, so a batch goes out in such chunks, never splitting a line (a longer line
+        # gets a write of its own, as it always did).
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) >= _ATOMIC_WRITE:
+                self._write_chunk(chunk)
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line) + 1
+        self._write_chunk(chunk)
+
+    def _write_chunk(self, lines: list[bytes]) -> None:
+        lines.append(b"")
+        self._write(b"\n".join(lines))
+        self._flush()  # a write() of its own: buffered streams would merge chunks past PIPE_BUF
 
     @staticmethod
     def _write_stdout(data: bytes) -> None:
@@ -491,6 +623,42 @@ class _Sink:
         buffer = getattr(sys.stdout, "buffer", None)
         if buffer is not None:
             buffer.flush()
+
+
+_SINK: Final = _Sink()
+
+
+def flush_logs() -> None:
+    """Write every pending line now (the app calls it when it stops; lines are also written at exit)."""
+    _SINK.flush()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    with contextlib.suppress(Exception):  # stdout may be closed already: nothing left to write to
+        _SINK.flush()
+
+
+class _SinkLogger:
+    """What structlog's bound loggers write their rendered lines to: the shared sink."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
+
+    def msg(self, message: bytes) -> None:
+        _SINK.emit(message)
+
+    def urgent(self, message: bytes) -> None:
+        _SINK.emit(message, urgent=True)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = urgent
+
+
+def _sink_logger(*args: Any) -> _SinkLogger:
+    return _SinkLogger(args[0] if args and isinstance(args[0], str) else None)
 
 
 def _json_default(obj: Any) -> Any:
@@ -516,6 +684,57 @@ def _dumps_text(obj: Any, **_: Any) -> str:
     return _dumps(obj).decode("utf-8")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The request context: request_id and tenant on every line, and one line per request
+
+
+class _Request:
+    """What ``open_request`` binds for one HTTP request (gateway.middlewares)."""
+
+    __slots__ = ("audits", "open", "request_id", "tenant")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.tenant: str | None = None
+        self.audits: list[bytes] | None = None  # rendered audit lines, written when the request ends
+        self.open = True
+
+
+_REQUEST: Final[contextvars.ContextVar[_Request | None]] = contextvars.ContextVar(
+    "payhub_log_request", default=None
+)
+# structlog's own context variables (bind_contextvars); its merge copies the whole context and walks every
+# variable in it, so it only runs once something was bound that way (not by the gateway itself).
+_STRUCTLOG_VARS: Final[Mapping[str, object] | None] = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+
+
+def _merge_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    if _STRUCTLOG_VARS is None or _STRUCTLOG_VARS:
+        event_dict = structlog.contextvars.merge_contextvars(logger, method_name, event_dict)
+    request = _REQUEST.get()
+    if request is not None:
+        event_dict.setdefault("request_id", request.request_id)
+        if request.tenant is not None:
+            event_dict.setdefault("tenant", request.tenant)
+    return event_dict
+
+
+class _Clock:
+    second: tuple[int, str] = (-1, "")  # (Unix second, its "YYYY-MM-DDThh:mm:ss."), swapped as one
+
+
+def _add_timestamp(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """``ts``: ISO 8601 in UTC to the microsecond, "2026-05-09T07:35:25.123456Z" (the date and time to
+    the second are formatted once per second)."""
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    second, prefix = _Clock.second
+    if seconds != second:
+        prefix = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _Clock.second = (seconds, prefix)
+    event_dict["ts"] = f"{prefix}{nanos // 1000:06d}Z"
+    return event_dict
+
+
 def _add_logger_name(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     if "logger" not in event_dict:
         record = event_dict.get("_record")
@@ -526,9 +745,9 @@ def _add_logger_name(logger: WrappedLogger, method_name: str, event_dict: EventD
 
 
 _PRE_CHAIN: Final[list[Processor]] = [
-    structlog.contextvars.merge_contextvars,
+    _merge_context,
     structlog.processors.add_log_level,
-    structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+    _add_timestamp,
     _add_logger_name,
     structlog.processors.format_exc_info,
 ]
@@ -538,7 +757,19 @@ _PROCESSORS: Final[list[Processor]] = [
     redact,
     structlog.processors.JSONRenderer(serializer=_dumps),
 ]
-_SINK: Final = _Sink()
+_RENDER_CHAIN: Final = (*_PRE_CHAIN, redact)
+
+
+def _render(event_dict: EventDict, logger_name: str) -> bytes:
+    """One info line through the same processors as a structlog call, without a bound logger."""
+    event: Any = event_dict
+    logger = _NAMED[logger_name]
+    for processor in _RENDER_CHAIN:
+        event = processor(logger, "info", event)
+    return _dumps(event)
+
+
+_NAMED: Final = {name: _SinkLogger(name) for name in ("audit", "gateway.access")}
 
 
 class RedactingJsonHandler(logging.Handler):
@@ -546,7 +777,6 @@ class RedactingJsonHandler(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self._out = structlog.BytesLogger(cast(BinaryIO, _SINK))  # shares the sink's write lock
         self.setFormatter(
             structlog.stdlib.ProcessorFormatter(
                 foreign_pre_chain=_PRE_CHAIN,
@@ -560,7 +790,7 @@ class RedactingJsonHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._out.msg(self.format(record).encode("utf-8"))
+            _SINK.emit(self.format(record).encode("utf-8"), urgent=record.levelno >= logging.ERROR)
         except RecursionError:
             raise
         except Exception:
@@ -571,7 +801,7 @@ class RedactingJsonHandler(logging.Handler):
         error = type(sys.exc_info()[1]).__name__
         line = {"event": "logging_error", "level": "error", "logger": record.name, "error": error}
         with contextlib.suppress(Exception):  # nowhere left to report a failing log sink
-            self._out.msg(orjson.dumps(line))
+            _SINK.emit(orjson.dumps(line), urgent=True)
 
 
 _HANDLER: Final = RedactingJsonHandler()
@@ -584,12 +814,20 @@ def _level_number(level: str) -> int:
     return number
 
 
+class _Levels:
+    access = True  # whether the configured level lets the info-level access lines through
+
+
+_LEVELS: Final = _Levels()
+
+
 def _configure_structlog(level: int) -> None:
+    _LEVELS.access = level <= logging.INFO
     structlog.configure(
         processors=_PROCESSORS,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         context_class=dict,
-        logger_factory=structlog.BytesLoggerFactory(cast(BinaryIO, _SINK)),
+        logger_factory=_sink_logger,
         cache_logger_on_first_use=True,
     )
 
@@ -623,11 +861,84 @@ def get_logger(name: str | None = None) -> FilteringBoundLogger:
     return logger
 
 
-# Audit lines are never filtered by level: they are half of the audit trail, not diagnostics.
-_AUDIT_LOGGER: Final[FilteringBoundLogger] = structlog.wrap_logger(
-    None, wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET), logger_factory_args=("audit",)
-)
-_AUDIT_RESERVED: Final = frozenset({"event", "audit", "object", "level", "ts", "logger"})
+class RequestScope:
+    """An open request's log context (``open_request``); pass it to ``close_request``."""
+
+    __slots__ = ("_request", "_token")
+
+    def __init__(self, request: _Request, token: contextvars.Token[_Request | None]) -> None:
+        self._request = request
+        self._token = token
+
+
+def open_request(request_id: str) -> RequestScope:
+    """Start one request's log context: every line logged in it (and in tasks it starts) carries
+    ``request_id`` (and ``tenant`` once bound), and its audit lines wait for ``close_request``."""
+    request = _Request(request_id)
+    return RequestScope(request, _REQUEST.set(request))
+
+
+def bind_tenant(tenant: str) -> None:
+    """Name the current request's tenant on its lines from now on (no-op outside a request)."""
+    request = _REQUEST.get()
+    if request is not None:
+        request.tenant = tenant
+
+
+def close_request(
+    scope: RequestScope,
+    *,
+    method: str,
+    path: str,
+    route: str,
+    status: int,
+    duration_ms: float,
+    tenant: str | None,
+    peer: str | None,
+) -> None:
+    """End a request with its one line (docs/operations.md, "Logs").
+
+    A request that wrote audit lines gets no separate access line: its first audit line carries the
+    access fields in ``"http"`` (``method``, ``path``, ``route``, ``status``, ``duration_ms``, ``peer``;
+    ``request_id`` and ``tenant`` are on every line already), and its audit lines are written now, in
+    order. Any other request gets the ``http.request`` access line (info level: filtered like any info
+    line, while audit lines never are).
+    """
+    request = scope._request
+    try:
+        audits = request.audits
+        if audits:
+            http = {
+                "method": mask_pans(method),
+                "path": mask_pans(path),
+                "route": route,
+                "status": status,
+                "duration_ms": duration_ms,
+                "peer": mask_pans(peer) if peer is not None else None,
+            }
+            # The rendered audit line is a JSON object: "}" becomes ',"http":{...}}'.
+            audits[0] = b"".join((audits[0][:-1], b',"http":', _dumps(http), b"}"))
+            for line in audits:
+                _SINK.emit(line)
+        elif _LEVELS.access:
+            access = {
+                "method": method,
+                "path": path,
+                "route": route,
+                "status": status,
+                "duration_ms": duration_ms,
+                "tenant": tenant,
+                "peer": peer,
+                "event": "http.request",
+            }
+            _SINK.emit(_render(access, "gateway.access"))
+    finally:
+        request.open = False
+        request.audits = None
+        _REQUEST.reset(scope._token)
+
+
+_AUDIT_RESERVED: Final = frozenset({"event", "audit", "object", "level", "ts", "logger", "http"})
 
 
 def audit(
@@ -643,21 +954,30 @@ def audit(
     """Write one audit line: who (*actor*, *tenant*) did what (*action*) to which *object_id*, from where
     (*source*: IP or certificate), with what *outcome* ("success", "failure", "denied", ...); when is ``ts``.
 
-    This is the stdout half of the audit trail; the hash-chained table is the other.
+    This is the stdout half of the audit trail; the hash-chained table is the other. Audit lines are never
+    filtered by level. In a request (``open_request``) the line is rendered now and written when the
+    request ends, the first one carrying the request's access fields (``close_request``).
     """
     clash = _AUDIT_RESERVED.intersection(fields)
     if clash:
         raise TypeError(f"audit() fields may not use reserved names: {sorted(clash)}")
-    if not structlog.is_configured():
-        _configure_structlog(logging.INFO)
-    _AUDIT_LOGGER.info(
-        "audit",
-        audit=True,
-        action=action,
-        actor=actor,
-        tenant=tenant,
-        outcome=outcome,
-        source=source,
-        object=object_id,
+    event: EventDict = {
+        "audit": True,
+        "action": action,
+        "actor": actor,
+        "tenant": tenant,
+        "outcome": outcome,
+        "source": source,
+        "object": object_id,
         **fields,
-    )
+        "event": "audit",
+    }
+    line = _render(event, "audit")
+    request = _REQUEST.get()
+    if request is not None and request.open:
+        if request.audits is None:
+            request.audits = [line]
+        else:
+            request.audits.append(line)
+    else:
+        _SINK.emit(line)

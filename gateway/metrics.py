@@ -41,6 +41,28 @@ class PoolCollector(Collector):
         yield family
 
 
+class RouteMetrics:
+    """``payhub_http_requests_total`` and ``payhub_http_request_duration_seconds`` of one route template
+    and method (``Metrics.http_route``): children bound on first use and kept, one counter per status."""
+
+    __slots__ = ("_by_status", "_histogram", "_latency", "_method", "_requests", "_route")
+
+    def __init__(self, requests: Counter, histogram: Histogram, route: str, method: str) -> None:
+        self._requests, self._histogram, self._route, self._method = requests, histogram, route, method
+        self._by_status: dict[int, Counter] = {}
+        self._latency: Histogram | None = None  # bound by the first request: unused routes export nothing
+
+    def observe(self, status: int, seconds: float) -> None:
+        counter = self._by_status.get(status)
+        if counter is None:
+            counter = self._by_status[status] = self._requests.labels(self._route, self._method, str(status))
+        counter.inc()
+        latency = self._latency
+        if latency is None:
+            latency = self._latency = self._histogram.labels(self._route, self._method)
+        latency.observe(seconds)
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -223,6 +245,18 @@ class Metrics:
             "(sent, deferred for quiet hours, retry, dead)",
             ["channel", "outcome"], registry=r,
         )  # fmt: skip
+
+        self._http_routes: dict[tuple[str, str], RouteMetrics] = {}
+
+    def http_route(self, route: str, method: str) -> RouteMetrics:
+        """The request metrics of ``route`` (a template, or "unmatched") and ``method``, made once."""
+        key = (route, method)
+        bound = self._http_routes.get(key)
+        if bound is None:
+            bound = self._http_routes[key] = RouteMetrics(
+                self.http_requests, self.http_latency, route, method
+            )
+        return bound
 
     def watch_pool(self, stats: Callable[[], tuple[int, int, int] | None]) -> None:
         self.registry.register(PoolCollector(stats))

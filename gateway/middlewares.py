@@ -7,7 +7,6 @@ import secrets
 import time
 
 import asyncpg
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -15,7 +14,7 @@ from gateway import errors
 from gateway.api.routes import CONNECTOR, ROUTES, Roles
 from gateway.identity import Identity, IdentityRejected, check_not_revoked, check_tenant, peer_of
 from gateway.keys import CONFIG, IDENTITY, METRICS, REQUEST_ID, TLS
-from gateway.logs import get_logger
+from gateway.logs import bind_tenant, close_request, get_logger, open_request
 
 log = get_logger("gateway.access")
 
@@ -31,12 +30,22 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def route_templates(app: web.Application) -> list[tuple[str, str]]:
+    """Every (route template, method) of ``app``'s router, as ``route_label`` names them."""
+    return [
+        (route.resource.canonical, route.method)
+        for route in app.router.routes()
+        if route.resource is not None
+    ]
+
+
 @web.middleware
 async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, metrics and the request's one log line: the ``http.request`` access line, or the
+    access fields on its first audit line when it wrote one (gateway.logs.close_request)."""
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    scope = open_request(request_id)  # request_id (and later tenant) on every line of this request
     started = time.perf_counter()
     status = 500
     try:
@@ -49,13 +58,12 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         elapsed = time.perf_counter() - started
         route = route_label(request)
-        metrics = request.app[METRICS]
-        metrics.http_requests.labels(route, request.method, str(status)).inc()
-        metrics.http_latency.labels(route, request.method).observe(elapsed)
+        method = request.method
+        request.app[METRICS].http_route(route, method).observe(status, elapsed)
         identity = request.get(IDENTITY)
-        log.info(
-            "http.request",
-            method=request.method,
+        close_request(
+            scope,
+            method=method,
             path=request.path_qs,
             route=route,
             status=status,
@@ -161,7 +169,7 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
     identity = _authenticate(request, tenant_needed=not unmatched and roles != CONNECTOR)
     if identity is not None:
         request[IDENTITY] = identity  # before the role check, so the access log names who was refused
-        structlog.contextvars.bind_contextvars(tenant=identity.tenant)
+        bind_tenant(identity.tenant)
         if roles is None or identity.role not in roles:
             raise _permission_denied(request, identity, roles)
     return await handler(request)

@@ -78,6 +78,7 @@ class _Link:
         self.last_activity = time.monotonic()
         self.lost = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._outgoing: list[bytes] = []  # framed requests of this loop turn, written together
         self._task = asyncio.create_task(self._read_loop(), name="iso8583-reader")
 
     @property
@@ -94,9 +95,18 @@ class _Link:
             raise InvalidParams(str(exc)) from exc
         future: asyncio.Future[wire.Message] = self._loop.create_future()
         self.pending[message["11"]] = future
-        self._writer.write(data)
+        outgoing = self._outgoing
+        outgoing.append(data)
+        if len(outgoing) == 1:
+            self._loop.call_soon(self._write_out)
         self.last_activity = time.monotonic()
         return future
+
+    def _write_out(self) -> None:
+        """The requests of one loop turn in one write: one send() on the socket, not one per payment."""
+        outgoing, self._outgoing = self._outgoing, []
+        if outgoing and self.alive:
+            self._writer.write(b"".join(outgoing))
 
     async def drain(self) -> None:
         # Only under back-pressure: a drain per message would cost a task switch each.
@@ -129,6 +139,7 @@ class _Link:
         if self.lost.is_set():
             return
         self.lost.set()
+        self._outgoing = []
         self._writer.transport.abort()
         pending, self.pending = self.pending, {}
         for future in pending.values():

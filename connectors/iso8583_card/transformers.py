@@ -21,6 +21,7 @@ Unknown response codes are never guessed: they map to ``Outcome.PENDING`` with t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ import iso8583
 from iso8583.specs import default_ascii
 
 from connectors.base import CardData, ConnectorResult, InvalidParams, Outcome, PaymentRequest
+from connectors.iso8583_card.codec import FixedFieldCodec
 
 Message = dict[str, str]
 
@@ -58,12 +60,19 @@ class WireError(ValueError):
     """A message that cannot be framed, encoded or decoded."""
 
 
+# The fields this link uses (module docstring): packed and unpacked by a codec compiled from SPEC at
+# import; any other message goes through pyiso8583, the reference the codec is tested against.
+CODEC_FIELDS: Final = frozenset({2, 3, 4, 7, 11, 12, 13, 14, 37, 38, 39, 41, 42, 48, 49, 70, 90, 126})
+CODEC: Final = FixedFieldCodec(SPEC, CODEC_FIELDS)
+
+
 def pack(message: Message) -> bytes:
-    """Encode a message and frame it with its 2-byte big-endian length."""
-    try:
-        raw, _ = iso8583.encode(message, SPEC)
-    except iso8583.EncodeError as exc:
-        raise WireError(f"cannot encode {message.get('t')}: {exc.msg}, field {exc.field}") from exc
+    """Encode a message and frame it with its 2-byte big-endian length.
+
+    Like pyiso8583, sets ``message["p"]`` (and ``"1"``) to the bitmaps it wrote."""
+    raw: bytes | bytearray | None = CODEC.encode(message)
+    if raw is None:
+        raw = pack_reference(message)
     if len(raw) > MAX_MESSAGE:
         raise WireError("message too long for a 2-byte length prefix")
     return LENGTH_PREFIX.pack(len(raw)) + raw
@@ -71,6 +80,21 @@ def pack(message: Message) -> bytes:
 
 def unpack(payload: bytes) -> Message:
     """Decode one message (without its length prefix)."""
+    decoded = CODEC.decode(payload)
+    return decoded if decoded is not None else unpack_reference(payload)
+
+
+def pack_reference(message: Message) -> bytearray:
+    """pyiso8583's encoding (no length prefix): for messages outside CODEC_FIELDS, and the tests."""
+    try:
+        raw, _ = iso8583.encode(message, SPEC)
+    except iso8583.EncodeError as exc:
+        raise WireError(f"cannot encode {message.get('t')}: {exc.msg}, field {exc.field}") from exc
+    return raw
+
+
+def unpack_reference(payload: bytes) -> Message:
+    """pyiso8583's decoding: for messages outside CODEC_FIELDS or malformed ones, and the tests."""
     try:
         decoded, _ = iso8583.decode(payload, SPEC)
     except iso8583.DecodeError as exc:
@@ -89,12 +113,18 @@ _BASE36: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 RRN_LENGTH: Final = 12
 
 
+_BASE36_PAIRS: Final = tuple(high + low for high in _BASE36 for low in _BASE36)  # 00 .. ZZ
+
+
 def _base36(value: int, width: int) -> str:
-    digits = []
-    for _ in range(width):
-        value, digit = divmod(value, 36)
-        digits.append(_BASE36[digit])
-    return "".join(reversed(digits))
+    """The last ``width`` base-36 digits of ``value`` (two per step)."""
+    pieces = []
+    for _ in range(width >> 1):
+        value, pair = divmod(value, 1296)
+        pieces.append(_BASE36_PAIRS[pair])
+    if width & 1:
+        pieces.append(_BASE36[value % 36])
+    return "".join(reversed(pieces))
 
 
 def rrn_for(attempt_id: str) -> str:
@@ -107,6 +137,7 @@ def rrn_for(attempt_id: str) -> str:
     return _base36(digest, RRN_LENGTH)
 
 
+@functools.lru_cache(maxsize=1024)  # a few tenants: computed once each, not per message
 def merchant_id(tenant: str) -> str:
     """Field 42 is 15 characters: the tenant id, or a stable abbreviation of a longer one."""
     if len(tenant) <= 15:
@@ -186,15 +217,20 @@ class Original:
         return cls(mti=value[0:4], stan=value[4:10], transmitted=value[10:20], rrn=value[20:32])
 
 
+def _mmddhhmmss(now: datetime) -> str:
+    # now.strftime("%m%d%H%M%S"), in a quarter of the time
+    return "%02d%02d%02d%02d%02d" % (now.month, now.day, now.hour, now.minute, now.second)  # noqa: UP031
+
+
 def stamp(now: datetime) -> Message:
     """Fields 7, 12 and 13 from one clock reading (UTC; the terminal's local time is UTC too)."""
-    transmitted = now.strftime("%m%d%H%M%S")
+    transmitted = _mmddhhmmss(now)
     return {"7": transmitted, "12": transmitted[4:], "13": transmitted[:4]}
 
 
 def network(code: str, *, stan: str, now: datetime) -> Message:
     """0800 network management: sign-on (001), sign-off (002), echo test (301)."""
-    return {"t": "0800", "7": now.strftime("%m%d%H%M%S"), "11": stan, "70": code}
+    return {"t": "0800", "7": _mmddhhmmss(now), "11": stan, "70": code}
 
 
 def _card_fields(card: CardData) -> Message:

@@ -23,6 +23,7 @@ rejects them with ``invalid_json``. Numbers are not checked (msgspec bounds them
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from dataclasses import dataclass
 
@@ -54,8 +55,13 @@ def _neutralize_escapes(body: bytes) -> bytes:
     return body.replace(b"\\\\", b"__").replace(b'\\"', b"__")
 
 
+@functools.lru_cache(maxsize=8)  # one limit per configuration: compiled once, not per request
+def _long_run(limit: int) -> re.Pattern[bytes]:
+    return re.compile(rb'[^"]{%d,}+' % (limit + 1))
+
+
 def _string_longer_than(text: bytes, limit: int) -> bool:
-    long_run = re.compile(rb'[^"]{%d,}+' % (limit + 1))
+    long_run = _long_run(limit)
     quotes, counted_to, pos = 0, 0, 0
     while (match := long_run.search(text, pos)) is not None:
         start = match.start()

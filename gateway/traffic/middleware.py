@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from prometheus_client import Counter
 
 from config.settings import InputLimits
 from gateway import errors
 from gateway.keys import IDENTITY, METRICS, SETTINGS
 from gateway.metrics import Metrics
-from gateway.traffic.classes import classify, route_template
+from gateway.traffic.classes import RouteClass, classify, route_template
 from gateway.traffic.concurrency import ConcurrencyLimiter
 from gateway.traffic.inputs import RequestTimeout, check_json_shape, read_body
 from gateway.traffic.ratelimit import RateLimits, open_storage
@@ -35,6 +36,8 @@ from gateway.traffic.shedding import LoadShedder
 from gateway.workers.tasks import background
 
 _JSON_TYPES = frozenset({"application/json", "application/octet-stream"})  # the latter: no Content-Type
+# payhub_refused_requests_total reasons counted here (protocol.py counts those of request heads).
+BODY_REFUSALS = ("body_timeout", "body_too_large", "json_too_deep", "string_too_long")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,16 @@ class Traffic:
     inputs: InputLimits
     max_body_bytes: int
     metrics: Metrics
+    # Refusal counters, bound once here rather than with .labels() on each refusal.
+    refused: dict[str, Counter] = field(init=False)
+    too_concurrent: dict[RouteClass, Counter] = field(init=False)
+
+    def __post_init__(self) -> None:
+        refused = {reason: self.metrics.refused_requests.labels(reason) for reason in BODY_REFUSALS}
+        limited = self.metrics.rate_limited_requests
+        too_concurrent = {rc: limited.labels("concurrency", rc.value) for rc in RouteClass}
+        object.__setattr__(self, "refused", refused)
+        object.__setattr__(self, "too_concurrent", too_concurrent)
 
 
 TRAFFIC = web.AppKey("traffic", Traffic)
@@ -85,7 +98,7 @@ async def _checked_body(request: web.Request, traffic: Traffic) -> None:
     except web.HTTPRequestEntityTooLarge as exc:
         raise _too_large(request, traffic) from exc
     except RequestTimeout as exc:
-        traffic.metrics.refused_requests.labels("body_timeout").inc()
+        traffic.refused["body_timeout"].inc()
         raise _hang_up(request, exc) from None
     content_type = request.content_type
     if body and (content_type in _JSON_TYPES or content_type.endswith("+json")):
@@ -93,12 +106,12 @@ async def _checked_body(request: web.Request, traffic: Traffic) -> None:
             body, max_depth=limits.max_json_depth, max_string_bytes=limits.max_json_string_bytes
         )
         if violation is not None:
-            traffic.metrics.refused_requests.labels(violation.reason).inc()
+            traffic.refused[violation.reason].inc()
             raise violation.error
 
 
 def _too_large(request: web.Request, traffic: Traffic) -> errors.ApiError:
-    traffic.metrics.refused_requests.labels("body_too_large").inc()
+    traffic.refused["body_too_large"].inc()
     limit = traffic.max_body_bytes
     return _hang_up(request, errors.PayloadTooLarge(f"Request body is larger than {limit} bytes."))
 
@@ -124,7 +137,7 @@ async def traffic_middleware(request: web.Request, handler: Handler) -> web.Stre
         try:
             traffic.concurrency.acquire(tenant)
         except errors.RateLimited:
-            traffic.metrics.rate_limited_requests.labels("concurrency", route_class.value).inc()
+            traffic.too_concurrent[route_class].inc()
             raise
     shedder = traffic.shedder
     shedder.in_flight += 1

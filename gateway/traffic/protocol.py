@@ -29,6 +29,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
+from prometheus_client import Counter
 
 from gateway import errors
 from gateway.logs import get_logger
@@ -69,16 +70,32 @@ def _raw_response(error: errors.ApiError) -> bytes:
     return head.encode("ascii") + body
 
 
-class GuardedRequestHandler(RequestHandler):
-    __slots__ = ("_head_timeout", "_head_timer", "_heads_at_arm", "_last_payload", "_traffic_metrics")
+HEAD_REFUSALS = ("header_timeout", "header_too_large", "bad_request")  # payhub_refused_requests_total reasons
 
-    def __init__(self, manager: web.Server, *, head_timeout: float, metrics: Metrics, **kwargs: Any) -> None:
+
+def refusal_counters(metrics: Metrics) -> dict[str, Counter]:
+    """The refusal counters of request heads, bound once (per listener, not per connection)."""
+    return {reason: metrics.refused_requests.labels(reason) for reason in HEAD_REFUSALS}
+
+
+class GuardedRequestHandler(RequestHandler):
+    __slots__ = ("_head_timeout", "_head_timer", "_heads_at_arm", "_last_payload", "_refused")
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        head_timeout: float,
+        metrics: Metrics,
+        refused: dict[str, Counter] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._head_timeout = head_timeout
         self._head_timer: asyncio.TimerHandle | None = None
         self._heads_at_arm = 0
         self._last_payload: StreamReader | None = None
-        self._traffic_metrics = metrics
+        self._refused = refused if refused is not None else refusal_counters(metrics)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -116,7 +133,7 @@ class GuardedRequestHandler(RequestHandler):
         if self._current_request is not None:  # a pipelined head behind a running request: wait for it
             self._arm(self._heads_at_arm)
             return
-        self._traffic_metrics.refused_requests.labels("header_timeout").inc()
+        self._refused["header_timeout"].inc()
         log.info("http.refused", reason="header_timeout", timeout=self._head_timeout)
         transport.write(
             _raw_response(
@@ -134,7 +151,7 @@ class GuardedRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         reason, error = _refusal(status, exc)
         if reason is not None:
-            self._traffic_metrics.refused_requests.labels(reason).inc()
+            self._refused[reason].inc()
             log.info("http.refused", reason=reason, peer=request.remote, detail=str(message or exc)[:200])
         else:
             log.error("http.protocol_error", error=type(exc).__name__ if exc else None)
@@ -156,6 +173,8 @@ def guarded_handler_factory(
 ) -> Callable[[], GuardedRequestHandler]:
     """A protocol factory for MtlsSite; ``handler_kwargs`` are the ones given to ``web.AppRunner``."""
 
+    refused = refusal_counters(metrics)
+
     def make() -> GuardedRequestHandler:
         server = runner.server
         assert server is not None, "runner.setup() must run first"
@@ -164,6 +183,7 @@ def guarded_handler_factory(
             loop=asyncio.get_running_loop(),
             head_timeout=head_timeout,
             metrics=metrics,
+            refused=refused,
             **handler_kwargs,
         )
 

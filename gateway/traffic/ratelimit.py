@@ -14,6 +14,11 @@ error is counted (``payhub_rate_limit_storage_errors_total``) and logged once, a
 ``limits.redis_fallback`` seconds every check runs against a per-process memory budget instead
 (still limited, only no longer shared), then Redis is tried again.
 
+Per request, a check is only the library's storage work (a hit, and the window's state for the
+RateLimit-* headers): limit strings are parsed once per budget, storage keys are built once per
+identifiers (``_with_remembered_keys``), refusal counters are bound at start-up, and the memory storage
+is called without the library's pass-through error wrapper.
+
     RateLimited (gateway.errors)   429 rate_limit_error, Retry-After + RateLimit-* headers
 """
 
@@ -26,7 +31,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from limits import RateLimitItem, parse_many
@@ -85,6 +90,22 @@ class SweptMemoryStorage(MemoryStorage):
             timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await timer
+
+
+def _unwrapped(method: Any) -> Any:
+    while (inner := getattr(method, "__wrapped__", None)) is not None:
+        method = inner
+    return method
+
+
+# limits wraps a storage's methods (incr, get, ...) in an error translator (Storage.__init_subclass__, for
+# every subclass, so this one's were wrapped twice): a coroutine frame and a try block around every storage
+# call, five to six per tenant check. It only turns the storage's base_exceptions into StorageError when
+# wrap_exceptions is set, which this storage never is (it is made with the default, False, and in-process
+# counters raise no storage errors): SweptMemoryStorage calls MemoryStorage's own methods directly.
+for _name, _method in list(vars(SweptMemoryStorage).items()):
+    if hasattr(_method, "__wrapped__"):
+        setattr(SweptMemoryStorage, _name, _unwrapped(_method))
 
 
 def _limits_uri(url: str) -> str:
@@ -148,10 +169,45 @@ class Quota:
 class Budget:
     name: str  # route class, or "default" for classes sharing the tenant's default budget
     items: tuple[RateLimitItem, ...]
+    ids: tuple[str, ...]  # the identifiers of the tenant's counters: ("tenant", tenant, name)
+
+
+# Each check asks an item for its storage key (limits' RateLimitItem.key_for: a str() and a join over the
+# identifiers and the limit, twice per tenant check). The items here remember the keys they made: a tenant
+# budget's few keys for good, customer and IP keys (unbounded in number) up to _MAX_KEYS per item.
+_MAX_KEYS = 4096
+
+
+def _remembered_key_for(self: Any, *identifiers: str) -> str:
+    keys: dict[tuple[str, ...], str] = self._keys
+    key = keys.get(identifiers)
+    if key is None:
+        if len(keys) >= _MAX_KEYS:
+            keys.clear()
+        key = keys[identifiers] = RateLimitItem.key_for(self, *identifiers)
+    return key
+
+
+_KEYED: dict[type[RateLimitItem], type[RateLimitItem]] = {}
+
+
+def _with_remembered_keys(item: RateLimitItem) -> RateLimitItem:
+    """The same limit (equal, same storage keys), as an item that builds each key once."""
+    cls = type(item)
+    keyed = _KEYED.get(cls)
+    if keyed is None:
+        # No GRANULARITY in the class dict: limits' metaclass does not register it as a granularity.
+        namespace = {"__slots__": ("_keys",), "key_for": _remembered_key_for}
+        metaclass: Any = type(cls)
+        keyed = _KEYED[cls] = metaclass(f"Keyed{cls.__name__}", (cls,), namespace)
+    copy: Any = keyed(item.amount, item.multiples, item.namespace)
+    copy._keys = {}
+    return cast(RateLimitItem, copy)
 
 
 def _items(rate: str) -> tuple[RateLimitItem, ...] | None:
-    return None if rate == UNLIMITED else tuple(parse_many(rate))
+    """A limit string parsed once (at start-up or on a tenant's first request), never per request."""
+    return None if rate == UNLIMITED else tuple(_with_remembered_keys(item) for item in parse_many(rate))
 
 
 def _quota(item: RateLimitItem, stats: WindowStats, now: float) -> Quota:
@@ -178,9 +234,30 @@ class RateLimits:
             SlidingWindowCounterRateLimiter(storage),
             SlidingWindowCounterRateLimiter(self._local_storage),
         )
-        self._budgets: dict[tuple[str, RouteClass], Budget | None] = {}
+        # route class → tenant → budget (None: unlimited), resolved on the tenant's first request
+        self._budgets: dict[RouteClass, dict[str, Budget | None]] = {rc: {} for rc in RouteClass}
         self._customer = _items(settings.per_customer)
         self._customer_ip = _items(settings.per_customer_ip)
+        # Refusal counters, bound once: payhub_rate_limited_requests_total{limiter, route_class}.
+        limited = metrics.rate_limited_requests
+        self._tenant_refusals = {rc: limited.labels("tenant", rc.value) for rc in RouteClass}
+        payments = RouteClass.PAYMENT_WRITE.value
+        self._payer_checks = (
+            (
+                "customer",
+                self._customer,
+                "customer_rate_limited",
+                "this customer",
+                limited.labels("customer", payments),
+            ),
+            (
+                "customer_ip",
+                self._customer_ip,
+                "ip_rate_limited",
+                "this customer IP address",
+                limited.labels("customer_ip", payments),
+            ),
+        )
         self._fallback_until = 0.0
 
     async def close(self) -> None:
@@ -201,24 +278,28 @@ class RateLimits:
 
     def budget(self, tenant: str, route_class: RouteClass) -> Budget | None:
         """The tenant's budget for a route class (None: unlimited); resolved once, then cached."""
-        key = (tenant, route_class)
-        if key not in self._budgets:
-            rates = self._settings.rates_for(tenant)
-            own: str | None = getattr(rates, route_class.value)
-            name, rate = (route_class.value, own) if own is not None else ("default", rates.default)
-            items = _items(rate)
-            self._budgets[key] = Budget(name, items) if items is not None else None
-        return self._budgets[key]
+        budgets = self._budgets[route_class]
+        try:
+            return budgets[tenant]
+        except KeyError:
+            pass
+        rates = self._settings.rates_for(tenant)
+        own: str | None = getattr(rates, route_class.value)
+        name, rate = (route_class.value, own) if own is not None else ("default", rates.default)
+        items = _items(rate)
+        budget = budgets[tenant] = (
+            Budget(name, items, ("tenant", tenant, name)) if items is not None else None
+        )
+        return budget
 
     async def check_tenant(self, tenant: str, route_class: RouteClass) -> Quota | None:
         """Draw one request from the tenant's budget; raise RateLimited (429) when it is spent."""
         budget = self.budget(tenant, route_class)
         if budget is None:
             return None
-        ids = ("tenant", tenant, budget.name)
-        allowed, quota = await self._draw(self._tenant, budget.items, ids, report=True)
+        allowed, quota = await self._draw(self._tenant, budget.items, budget.ids, report=True)
         if not allowed:
-            self._metrics.rate_limited_requests.labels("tenant", route_class.value).inc()
+            self._tenant_refusals[route_class].inc()
             raise errors.RateLimited(
                 "Too many requests for this account; slow down and retry after the time in Retry-After.",
                 code="rate_limited",
@@ -228,17 +309,15 @@ class RateLimits:
 
     async def check_payer(self, tenant: str, customer_id: str | None, ip: str | None) -> None:
         """Draw one payment creation from the customer's and the payer IP's budgets (429 when spent)."""
-        checks = (
-            ("customer", customer_id, self._customer, "customer_rate_limited", "this customer"),
-            ("customer_ip", ip, self._customer_ip, "ip_rate_limited", "this customer IP address"),
-        )
-        for limiter, value, items, code, whom in checks:
+        for value, (limiter, items, code, whom, refused) in zip(
+            (customer_id, ip), self._payer_checks, strict=True
+        ):
             if not value or items is None:
                 continue
             ids = (limiter, tenant, _safe_id(value))
             allowed, quota = await self._draw(self._payer, items, ids, report=False)
             if not allowed:
-                self._metrics.rate_limited_requests.labels(limiter, RouteClass.PAYMENT_WRITE.value).inc()
+                refused.inc()
                 raise errors.RateLimited(
                     f"Too many payments for {whom}; retry after the time in Retry-After.",
                     code=code,
@@ -279,14 +358,13 @@ async def _draw_from(
 ) -> tuple[bool, Quota | None]:
     """Hit every item (all must allow). The quota of the refusing item is always returned; on
     success (when ``report``) the quota of the item with the least left, for the headers."""
-    now = time.time()
     tightest: Quota | None = None
     for item in items:
         allowed = await limiter.hit(item, *ids)
         if not allowed:
-            return False, _quota(item, await limiter.get_window_stats(item, *ids), now)
+            return False, _quota(item, await limiter.get_window_stats(item, *ids), time.time())
         if report:
-            quota = _quota(item, await limiter.get_window_stats(item, *ids), now)
+            quota = _quota(item, await limiter.get_window_stats(item, *ids), time.time())
             if tightest is None or quota.remaining < tightest.remaining:
                 tightest = quota
     return True, tightest

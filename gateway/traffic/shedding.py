@@ -39,6 +39,7 @@ class LoadShedder:
             RouteClass.OPS: settings.write,
             RouteClass.PAYMENT_WRITE: settings.payment_write,
         }
+        self._shed = {rc: metrics.shed_requests.labels(rc.value) for rc in RouteClass}  # bound once
         self.lag = 0.0  # smoothed, seconds
         self.in_flight = 0
 
@@ -48,7 +49,7 @@ class LoadShedder:
             return
         threshold = self._thresholds[route_class]
         if self.lag >= threshold.lag or self.in_flight >= threshold.inflight:
-            self._metrics.shed_requests.labels(route_class.value).inc()
+            self._shed[route_class].inc()
             raise errors.Unavailable(
                 "The server is overloaded; retry after the time in Retry-After.",
                 code="overloaded",
