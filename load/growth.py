@@ -51,6 +51,7 @@ from typing import Any, cast
 import asyncpg
 import orjson
 
+from gateway import ids
 from gateway.store import events as events_store
 from gateway.store import ledger
 from gateway.store import payments as payment_store
@@ -141,7 +142,7 @@ KEY_COLUMNS = (
     "finished",
 )
 
-# ---- ids: the gateway's shape (gateway/ids.py: prefix + 24 base62), made in bulk -------------------
+# ---- ids: the gateway's shape (gateway/ids.py: prefix, time part, random base62), made in bulk ----------
 
 _BASE62 = (string.ascii_letters + string.digits).encode()
 _BASE36 = (string.digits + string.ascii_uppercase).encode()
@@ -162,11 +163,19 @@ def _random_text(length: int, table: bytes, drop: bytes) -> str:
     return out[:length].decode("ascii")
 
 
-def new_ids(prefix: str, count: int) -> list[str]:
-    """``count`` ids like ``gateway.ids.new_id(prefix)``: 24 base62 characters of OS randomness each."""
-    chars = _random_text(ID_LENGTH * count, _TO_BASE62, _DROP62)
+def new_ids(prefix: str, count: int, created_us: Sequence[int] | None = None) -> list[str]:
+    """``count`` ids like ``gateway.ids.new_id(prefix)`` made at ``created_us`` (microseconds since the
+    epoch, one per id): the time part, then random base62 characters of OS randomness. Without times,
+    24 random characters: vault token ids (``crypto.vault.new_token_id``)."""
     head = prefix + "_"
-    return [head + chars[i : i + ID_LENGTH] for i in range(0, ID_LENGTH * count, ID_LENGTH)]
+    if created_us is None:
+        chars = _random_text(ID_LENGTH * count, _TO_BASE62, _DROP62)
+        return [head + chars[i : i + ID_LENGTH] for i in range(0, ID_LENGTH * count, ID_LENGTH)]
+    tail = ids.RANDOM_CHARS
+    chars = _random_text(tail * count, _TO_BASE62, _DROP62)
+    return [
+        head + ids.time_part(created_us[n] // 1000) + chars[n * tail : (n + 1) * tail] for n in range(count)
+    ]
 
 
 def _references(count: int) -> list[str]:
@@ -329,18 +338,19 @@ def make_batch(plan: Plan, first: int, count: int, seed: int) -> Batch:
     """
     rng = random.Random(seed)
     batch = Batch()
-    payment_ids = new_ids("pay", count)
-    attempt_ids = new_ids("att", count)
-    transaction_ids = new_ids("ltx", count)
-    event_ids = new_ids("evt", count)
+    step = plan.span_us / plan.rows
+    times = [plan.start_us + int((first + i + rng.random()) * step) for i in range(count)]
+    payment_ids = new_ids("pay", count, times)
+    attempt_ids = new_ids("att", count, times)
+    transaction_ids = new_ids("ltx", count, times)
+    event_ids = new_ids("evt", count, times)
     references = _references(count)
     tenant, currency, connector = plan.tenant, plan.currency, plan.connector
     customers, n_customers = plan.customers, len(plan.customers)
-    step = plan.span_us / plan.rows
     topped_up = batch.topped_up
     for i in range(count):
         k = first + i
-        created_us = plan.start_us + int((k + rng.random()) * step)
+        created_us = times[i]
         created = _EPOCH + timedelta(microseconds=created_us)
         # Phase 3 (apply) commits a few ms after phase 1: the attempt, ledger and event carry its time.
         updated = created + timedelta(microseconds=rng.randrange(2_000, 60_000))
@@ -522,7 +532,8 @@ async def _accounts(
         )
     }
     missing = [customer for customer in ids if customer not in existing]
-    new = dict(zip(missing, new_ids("acct", len(missing)), strict=True))
+    opened_us = (opened - _EPOCH) // timedelta(microseconds=1)
+    new = dict(zip(missing, new_ids("acct", len(missing), [opened_us] * len(missing)), strict=True))
     await conn.copy_records_to_table(
         "ledger_accounts",
         records=[

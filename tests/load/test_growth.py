@@ -3,13 +3,15 @@ the gateway's ids, and the gateway's own reads find it. Small N on a fresh migra
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import orjson
 import pytest
 
+from gateway.ids import new_id, time_part
 from gateway.store import ledger
 from gateway.store import payments as payment_store
 from gateway.workers.pruner import RETENTION_HOURS
@@ -223,8 +225,8 @@ async def test_a_failed_load_leaves_nothing_behind(db_url: str, conn: asyncpg.Co
     # A payment id the preload will also write: the primary key refuses the batch, the load rolls back.
     taken = growth.new_ids("pay", 1)[0]
 
-    def clashing(prefix: str, count: int) -> list[str]:
-        ids = original(prefix, count)
+    def clashing(prefix: str, count: int, created_us: Sequence[int] | None = None) -> list[str]:
+        ids = original(prefix, count, created_us)
         return [taken, *ids[1:]] if prefix == "pay" else ids
 
     original = growth.new_ids
@@ -244,7 +246,13 @@ async def test_a_failed_load_leaves_nothing_behind(db_url: str, conn: asyncpg.Co
 
 
 def test_ids_look_like_the_gateways() -> None:
-    ids = growth.new_ids("pay", 10_000)
+    times = [1_765_000_000_000_000 + 1000 * n for n in range(10_000)]  # one per ms, oldest first
+    ids = growth.new_ids("pay", 10_000, times)
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 28 and i.startswith("pay_") and i[4:].isalnum() and i.isascii() for i in ids)
-    assert len({c for i in ids for c in i[4:]}) == 62  # every base62 character turns up
+    assert ids == sorted(ids)  # in creation order, as the gateway's
+    assert [i[4:13] for i in ids[:2]] == [time_part(times[0] // 1000), time_part(times[1] // 1000)]
+    assert len({c for i in ids for c in i[13:]}) == 62  # every base62 character turns up
+    assert re.fullmatch(r"pay_[0-9a-z]{9}[A-Za-z0-9]{15}", new_id("pay"))
+    tokens = growth.new_ids("tok", 1000)  # vault token ids: 24 random characters
+    assert len({c for t in tokens for c in t[4:13]}) == 62
