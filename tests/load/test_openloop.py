@@ -91,9 +91,15 @@ def open_job(server: StallingServer, *, duration: float = 1.5, warmup: float = 0
 
 
 async def test_a_stall_shows_on_every_request_due_during_it(server: StallingServer) -> None:
-    job = open_job(server)
-    server.stall_at = job.start_at + job.warmup + 0.5
-    result = await execute(job)
+    # A timing test on a shared machine: a run that was slow throughout (median 50 ms or more, which
+    # one 0.3 s stall at 200/s cannot cause) measured the machine, not the generator; it runs once more.
+    for attempt in (1, 2):
+        server.stalled = False
+        job = open_job(server)
+        server.stall_at = job.start_at + job.warmup + 0.5
+        result = await execute(job)
+        if result.percentiles()["p50"] < 50 or attempt == 2:
+            break
 
     assert server.stalled
     assert result.errors == 0
