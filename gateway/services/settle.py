@@ -66,9 +66,8 @@ class Caller:
 HUB = Caller()
 
 
-async def record_and_log(conn: Connection, record: OutcomeRecord) -> None:
-    """Event + audit row + stored response in one round trip, then the audit line on stdout."""
-    seq = await record_outcome(conn, record)
+def log_outcome(record: OutcomeRecord, seq: int) -> None:
+    """The audit line on stdout of an outcome whose audit row is ``seq``."""
     log_audit(
         record.action,
         actor=record.actor,
@@ -79,6 +78,12 @@ async def record_and_log(conn: Connection, record: OutcomeRecord) -> None:
         audit_seq=seq,
         **record.details,
     )
+
+
+async def record_and_log(conn: Connection, record: OutcomeRecord) -> None:
+    """Event + audit row + stored response in one round trip, then the audit line on stdout."""
+    seq = await record_outcome(conn, record)
+    log_outcome(record, seq)
 
 
 # ---- the ledger side ---------------------------------------------------------------------------
@@ -350,16 +355,7 @@ class Settler:
         self, conn: Connection, plan: settlement.Settlement, attempt_id: str | None, audit_seq: int
     ) -> Outcome:
         record, row = plan.record, plan.known.row
-        log_audit(
-            record.action,
-            actor=record.actor,
-            outcome=record.outcome,
-            source=record.source,
-            object_id=record.object_id,
-            tenant=record.tenant,
-            audit_seq=audit_seq,
-            **record.details,
-        )
+        log_outcome(record, audit_seq)
         self._metrics.payments.labels(row.method, record.outcome, row.connector or "ledger").inc()
         if attempt_id and record.outcome == Status.FAILED and self.declined is not None:
             await self.declined(conn, row.id)

@@ -295,20 +295,30 @@ class PaymentUpdate:
     risk: str | None = None  # JSON text: the risk decision of a payment recorded before it; None keeps it
 
 
+def settle_attempt_cte(first: int, reference: int) -> str:
+    """``attempt AS (...)``: an in-flight attempt takes its answer, with the placeholders ``$first`` ..
+    ``$first+4`` (status, decline code, raw code, seconds to the next check, attempt id) and
+    ``$reference`` (the connector's reference, kept when None). It returns the attempt's id only
+    while the attempt was still in flight: a second answer changes nothing."""
+    status, decline, raw, recheck, attempt = (f"${first + i}" for i in range(5))
+    return f"""attempt AS (
+    UPDATE payment_attempts
+    SET status = {status}, connector_reference = coalesce(${reference}, connector_reference),
+        decline_code = {decline}, raw_code = {raw},
+        next_check = CASE WHEN {status} IN ('pending', 'unknown')
+                          THEN now() + make_interval(secs => {recheck}) END,
+        tries = tries + 1
+    WHERE id = {attempt} AND status IN ('started', 'pending', 'unknown')
+    RETURNING id
+)"""  # noqa: S608 - placeholders only
+
+
 # The payment and the attempt that decided it change in one statement (one round trip), and only
 # while the attempt is still in flight and the state machine (gateway.domain.payment_state)
 # allows the move from the payment's current status: a callback that settled it first wins, and
 # this returns no row (the caller then reports the payment as it stands).
 _APPLY = f"""
-WITH attempt AS (
-    UPDATE payment_attempts
-    SET status = $9, connector_reference = coalesce($5, connector_reference),
-        decline_code = $10, raw_code = $11,
-        next_check = CASE WHEN $9 IN ('pending', 'unknown') THEN now() + make_interval(secs => $12) END,
-        tries = tries + 1
-    WHERE id = $13 AND status IN ('started', 'pending', 'unknown')
-    RETURNING id
-)
+WITH {settle_attempt_cte(9, 5)}
 UPDATE payments
 SET status = coalesce($3, status),
     amount_authorized = coalesce($4, amount_authorized),

@@ -23,7 +23,7 @@ import orjson
 from gateway.domain.payment_state import Status, sources
 from gateway.store.ledger import InsufficientFunds, Posting, insufficient_funds
 from gateway.store.outcomes import OutcomeRecord
-from gateway.store.payments import PAYMENT_COLUMNS, Payment, PaymentUpdate
+from gateway.store.payments import PAYMENT_COLUMNS, Payment, PaymentUpdate, settle_attempt_cte
 from gateway.store.risk import decline_cte
 from gateway.store.types import Connection
 
@@ -93,15 +93,7 @@ class Settled:
 
 
 _SETTLE = f"""
-WITH attempt AS (
-    UPDATE payment_attempts
-    SET status = $10, connector_reference = coalesce($6, connector_reference),
-        decline_code = $11, raw_code = $12,
-        next_check = CASE WHEN $10 IN ('pending', 'unknown') THEN now() + make_interval(secs => $13) END,
-        tries = tries + 1
-    WHERE id = $14 AND status IN ('started', 'pending', 'unknown')
-    RETURNING id
-), known AS (
+WITH {settle_attempt_cte(10, 6)}, known AS (
     -- Locked after the attempt: the order callbacks and the resolver lock in. A row version other than
     -- the rendered one raises (40001): nothing of this statement is written, the caller reads again.
     SELECT id, payhub_unchanged(xmin::text = $3) FROM payments
