@@ -66,6 +66,7 @@ __all__ = [
     "bind_tenant",
     "close_request",
     "configure_logging",
+    "current_request_id",
     "flush_logs",
     "get_logger",
     "is_sensitive_key",
@@ -876,6 +877,12 @@ def open_request(request_id: str) -> RequestScope:
     ``request_id`` (and ``tenant`` once bound), and its audit lines wait for ``close_request``."""
     request = _Request(request_id)
     return RequestScope(request, _REQUEST.set(request))
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served here (``open_request``), None outside one (background work)."""
+    request = _REQUEST.get()
+    return request.request_id if request is not None else None
 
 
 def bind_tenant(tenant: str) -> None:

@@ -1,6 +1,7 @@
 """Database round trips per card payment (DESIGN §10 budgets about three; issue "Risk": no more
 than before the risk engine). Every statement a request sends on a pooled connection is counted
-with asyncpg's query logger; BEGIN and COMMIT count too."""
+with asyncpg's query logger; BEGIN and COMMIT count too. Statements of background work (the audit
+sealer, the resolver, ...) on the same pool are not the request's: they run outside any request."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from config.settings import Settings
 from crypto.pki import PkiPaths
 from gateway.keys import DB_POOL
+from gateway.logs import current_request_id
 from gateway.server import RunningGateway
 from tests.support.api import api_client, card_payment
 from tests.support.mtls import gateway
@@ -26,6 +28,9 @@ class Counter:
         self.raw: list[str] = []  # as sent (comments and line breaks kept)
 
     def __call__(self, record: Any) -> None:
+        # asyncpg calls loggers with call_soon, in the context of the code that sent the statement.
+        if current_request_id() is None:
+            return
         self.queries.append(" ".join(record.query.split()))
         self.raw.append(record.query)
 
