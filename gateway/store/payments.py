@@ -317,10 +317,9 @@ def settle_attempt_cte(first: int, reference: int) -> str:
 # while the attempt is still in flight and the state machine (gateway.domain.payment_state)
 # allows the move from the payment's current status: a callback that settled it first wins, and
 # this returns no row (the caller then reports the payment as it stands).
-_APPLY = f"""
-WITH {settle_attempt_cte(9, 5)}
-UPDATE payments
-SET status = coalesce($3, status),
+# What an answer sets on the payment (a None keeps the column): the SET list of _APPLY, and of phase 3
+# (gateway/store/settlement.py, its parameters one further on).
+PAYMENT_SET = """status = coalesce($3, status),
     amount_authorized = coalesce($4, amount_authorized),
     amount_captured = coalesce($14, amount_captured),
     connector_reference = coalesce($5, connector_reference),
@@ -328,7 +327,12 @@ SET status = coalesce($3, status),
     failure_code = $7,
     failure_message = $8,
     bill_posting = coalesce($16::jsonb, bill_posting),
-    amount_refunded = coalesce($17, amount_refunded)
+    amount_refunded = coalesce($17, amount_refunded)"""
+
+_APPLY = f"""
+WITH {settle_attempt_cte(9, 5)}
+UPDATE payments
+SET {PAYMENT_SET}
 WHERE id = $1 AND tenant = $2 AND ($13 = '' OR EXISTS (SELECT 1 FROM attempt))
   AND ($3::text IS NULL OR status = ANY($15::text[]))
   AND ($18::text[] IS NULL OR coalesce(bill_posting->>'status', 'none') = ANY($18::text[]))

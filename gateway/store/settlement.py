@@ -21,9 +21,10 @@ import asyncpg
 import orjson
 
 from gateway.domain.payment_state import Status, sources
+from gateway.store.compose import shift
 from gateway.store.ledger import InsufficientFunds, Posting, insufficient_funds
 from gateway.store.outcomes import OutcomeRecord
-from gateway.store.payments import PAYMENT_COLUMNS, Payment, PaymentUpdate, settle_attempt_cte
+from gateway.store.payments import PAYMENT_COLUMNS, PAYMENT_SET, Payment, PaymentUpdate, settle_attempt_cte
 from gateway.store.risk import decline_cte
 from gateway.store.types import Connection
 
@@ -101,15 +102,7 @@ WITH {settle_attempt_cte(10, 6)}, known AS (
     FOR UPDATE
 ), payment AS (
     UPDATE payments
-    SET status = coalesce($4, status),
-        amount_authorized = coalesce($5, amount_authorized),
-        amount_captured = coalesce($15, amount_captured),
-        connector_reference = coalesce($6, connector_reference),
-        next_action = $7::jsonb,
-        failure_code = $8,
-        failure_message = $9,
-        bill_posting = coalesce($17::jsonb, bill_posting),
-        amount_refunded = coalesce($18, amount_refunded),
+    SET {shift(PAYMENT_SET, 1)},
         risk = coalesce($48::jsonb, risk),
         updated = $20
     WHERE id = (SELECT id FROM known)
