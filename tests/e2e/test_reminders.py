@@ -146,13 +146,16 @@ async def test_a_bill_due_within_the_lead_days_is_reminded_once(stack: Stack) ->
     assert messages[0].channel == "sms"
     assert "0031234567" not in messages[0].body
     assert event["due_date"] in messages[0].body
-    # Counted for the dashboard (gateway/metrics.py): one notice, one SMS sent.
+    # Counted for the dashboard (gateway/metrics.py): one notice, one SMS sent. The sink has the
+    # message before the sender counts its answer, hence the wait.
     registry = stack.gw.api[METRICS].registry
     assert registry.get_sample_value("payhub_reminder_notices_total", {"outcome": "noticed"}) == 1
-    assert (
-        registry.get_sample_value("payhub_notification_messages_total", {"channel": "sms", "outcome": "sent"})
-        == 1
-    )
+    sms_sent = {"channel": "sms", "outcome": "sent"}
+
+    async def counted() -> bool:
+        return registry.get_sample_value("payhub_notification_messages_total", sms_sent) == 1
+
+    assert await eventually(counted)
 
 
 async def test_a_bill_further_off_than_the_lead_days_is_not_reminded(stack: Stack) -> None:
@@ -391,7 +394,13 @@ async def test_a_message_the_sink_refuses_is_retried_until_sent(stack: Stack) ->
     faults.error_rate = 0.0
     [message] = await eventually(lambda: asyncio.sleep(0, stack.sink.sent_to(PHONE)))
     assert message.channel == "sms"
-    assert (await attempts())["status"] == "sent"
+    # The sink has the message before the sender records its answer: wait for the row.
+    assert await eventually(lambda: _with_status(attempts, "sent"))
+
+
+async def _with_status(read: Callable[[], Awaitable[Any]], status: str) -> Any:
+    row = await read()
+    return row if row is not None and row["status"] == status else None
 
 
 async def _at_least_two(read: Callable[[], Awaitable[Any]]) -> Any:

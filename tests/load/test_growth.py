@@ -170,7 +170,9 @@ async def test_preload_writes_balanced_realistic_rows(db_url: str, conn: asyncpg
     assert orjson.loads(page[0].payment_method)["type"] == "card"
     event = await one(conn, "SELECT data::text FROM events WHERE object_id = $1", page[0].id)
     data = orjson.loads(event["data"])
-    assert (data["id"], data["amount"], data["status"]) == (page[0].id, page[0].amount, "succeeded")
+    # The newest payment may be one of the preload's declines: its event carries the same status.
+    assert (data["id"], data["amount"], data["status"]) == (page[0].id, page[0].amount, page[0].status)
+    assert page[0].status in ("succeeded", "failed")
 
     # Sizes: payhub's tables, largest first.
     reported = await growth.sizes(db_url)
