@@ -58,6 +58,11 @@ MAX_KEY_LENGTH = 255
 REQUEST_TIMEOUT = 60.0  # a card payment may wait on the acquirer's slow test paths
 
 
+# A stateful run ended by a generation inconsistency (below) is run again on the next seed, this many
+# times at most.
+FLAKY_GENERATION_RUNS = 3
+
+
 def _seed() -> int:
     return int(os.environ.get("PAYHUB_FUZZ_SEED") or random.SystemRandom().randrange(2**32))
 
@@ -232,9 +237,20 @@ def test_stateful_links(schema: Any, session: Sessions, live_gateway: LiveGatewa
         def validate_response(self, response: Response, case: Case, *args: Any, **kwargs: Any) -> None:
             validate(report, "stateful", case, response)
 
-    hypothesis.seed(report.seed)(Workflow)  # the class attribute run_state_machine_as_test reads
-    run_state_machine_as_test(
-        Workflow, settings=hypothesis_settings(profile.scenarios, stateful_step_count=profile.steps)
-    )
+    settings = hypothesis_settings(profile.scenarios, stateful_step_count=profile.steps)
+    for attempt in range(FLAKY_GENERATION_RUNS):
+        seed = report.seed + attempt
+        hypothesis.seed(seed)(Workflow)  # the class attribute run_state_machine_as_test reads
+        try:
+            run_state_machine_as_test(Workflow, settings=settings)
+            break
+        except hypothesis.errors.Flaky as exc:
+            # Nothing in `validate` raises, so this is Hypothesis finding its own draws inconsistent: a
+            # link fills a parameter from a response, and the server's answers differ between a prefix
+            # and its replay. Schemathesis's own runner counts it as no finding and runs again; so do we,
+            # on the next seed (the findings so far stay in the report).
+            print(f"\nstateful run with seed {seed}: {type(exc).__name__}; running again on seed {seed + 1}")
+            if attempt == FLAKY_GENERATION_RUNS - 1:
+                raise
     assert report.cases["stateful"] > 0
     finish(report, live_gateway)
