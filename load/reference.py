@@ -35,7 +35,7 @@ from aiohttp import web
 
 from config.settings import Settings, load_settings
 from crypto.pki import PkiPaths
-from gateway.server import run_loop
+from gateway.server import freeze_startup_heap, run_loop
 from gateway.store.db import create_pool, resolve_database_url
 from gateway.tls import build_server_context
 
@@ -285,6 +285,7 @@ async def serve(kind: Kind, port: int, acquirer_port: int) -> None:
     settings = load_settings()
     url = await resolve_database_url(settings)
     running = await start_reference(kind, settings, url, port=port, acquirer=("127.0.0.1", acquirer_port))
+    freeze_startup_heap()  # as the gateway does: the comparison stays like for like
     try:
         await asyncio.Event().wait()
     finally:
@@ -293,6 +294,7 @@ async def serve(kind: Kind, port: int, acquirer_port: int) -> None:
 
 async def serve_stub(port: int) -> None:
     server = await start_acquirer_stub("127.0.0.1", port)
+    freeze_startup_heap()
     async with server:
         await server.serve_forever()
 
