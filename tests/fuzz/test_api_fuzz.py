@@ -249,8 +249,8 @@ def test_stateful_links(schema: Any, session: Sessions, live_gateway: LiveGatewa
             # link fills a parameter from a response, and the server's answers differ between a prefix
             # and its replay. Schemathesis's own runner counts it as no finding and runs again; so do we,
             # on the next seed (the findings so far stay in the report).
-            print(f"\nstateful run with seed {seed}: {type(exc).__name__}; running again on seed {seed + 1}")
             if attempt == FLAKY_GENERATION_RUNS - 1:
                 raise
+            print(f"\nstateful run with seed {seed}: {type(exc).__name__}; running again on seed {seed + 1}")
     assert report.cases["stateful"] > 0
     finish(report, live_gateway)
